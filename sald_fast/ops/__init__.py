@@ -1,0 +1,176 @@
+"""The ops the fast kernels replace, behind one backend switch.
+
+Every model module calls these functions, never a kernel directly. Each wrapper validates its
+inputs (shape, dtype, device: a clear ``ValueError``/``TypeError`` naming the argument), opens an
+NVTX range, and calls the implementation chosen by ``backend`` (per call) or by
+:func:`set_backend` / :func:`use_backend` (process default, initially ``"reference"``).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..profiling import nvtx_range
+from . import reference  # noqa: F401  (registers the reference implementations)
+from .dispatch import BACKENDS, OPS, available_backends, get_backend, register, resolve, set_backend, use_backend
+
+__all__ = [
+    "film_residual_layernorm",
+    "temporal_attention",
+    "skeletal_attention",
+    "skeletal_graph_conv",
+    "set_backend",
+    "get_backend",
+    "use_backend",
+    "available_backends",
+    "register",
+    "BACKENDS",
+    "OPS",
+]
+
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+
+def _check_float(name: str, t: torch.Tensor, dtype: torch.dtype | None = None) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} has dtype {t.dtype}; supported: float32, float16, bfloat16, float64")
+    if dtype is not None and t.dtype != dtype:
+        raise TypeError(f"{name} has dtype {t.dtype} but the other inputs are {dtype}")
+
+
+def _check_device(ref: torch.Tensor, **tensors: torch.Tensor | None) -> None:
+    for name, t in tensors.items():
+        if t is not None and t.device != ref.device:
+            raise ValueError(f"{name} is on {t.device} but the inputs are on {ref.device}")
+
+
+def film_residual_layernorm(z, h, gamma, beta, weight=None, bias=None, eps: float = 1e-5, *, backend=None):
+    """Fused FiLM + residual + LayerNorm: ``z' = z + gamma*h + beta``, ``y = LN(z')``.
+
+    z, h: (B, N, J, D); gamma, beta: (B, D); weight, bias: (D,) or None (no affine).
+    Returns (z', y), both (B, N, J, D) in z's dtype.
+    """
+    _check_float("z", z)
+    if z.dim() != 4:
+        raise ValueError(f"z must be (B, N, J, D), got shape {tuple(z.shape)}")
+    B, N, J, D = z.shape
+    _check_float("h", h, z.dtype)
+    if h.shape != z.shape:
+        raise ValueError(f"h has shape {tuple(h.shape)} but z has {tuple(z.shape)}")
+    for name, t in (("gamma", gamma), ("beta", beta)):
+        _check_float(name, t, z.dtype)
+        if t.shape != (B, D):
+            raise ValueError(f"{name} must be (B, D) = {(B, D)}, got {tuple(t.shape)}")
+    for name, t in (("weight", weight), ("bias", bias)):
+        if t is not None:
+            _check_float(name, t)
+            if t.shape != (D,):
+                raise ValueError(f"{name} must be (D,) = {(D,)}, got {tuple(t.shape)}")
+    _check_device(z, h=h, gamma=gamma, beta=beta, weight=weight, bias=bias)
+    fn = resolve("film_residual_layernorm", backend, z.device)
+    with nvtx_range("film_residual_layernorm"):
+        return fn(z, h, gamma, beta, weight, bias, eps)
+
+
+def _check_qkv(q, k, v):
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        _check_float(name, t, q.dtype)
+        if t.dim() != 5:
+            raise ValueError(f"{name} must be (B, N, J, H, d), got shape {tuple(t.shape)}")
+    if k.shape != q.shape or v.shape != q.shape:
+        raise ValueError(f"q, k, v shapes differ: {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+    _check_device(q, k=k, v=v)
+
+
+def temporal_attention(q, k, v, lengths=None, *, scale: float | None = None, backend=None):
+    """Softmax attention over frames for every (batch, joint, head), with a key padding mask.
+
+    q, k, v: (B, N, J, H, d), any strides (e.g. views into a fused qkv projection).
+    lengths: (B,) integers in [0, N], or None for all frames valid. Keys at frames >= lengths[b]
+    are ignored; a sample with length 0 gets an all-zero output. Returns o: (B, N, J, H, d).
+    """
+    _check_qkv(q, k, v)
+    if lengths is not None:
+        if not isinstance(lengths, torch.Tensor) or lengths.dtype not in (torch.int32, torch.int64):
+            raise TypeError("lengths must be an int32/int64 tensor of shape (B,)")
+        if lengths.shape != (q.shape[0],):
+            raise ValueError(f"lengths must be (B,) = ({q.shape[0]},), got {tuple(lengths.shape)}")
+        _check_device(q, lengths=lengths)
+        if not torch.compiler.is_compiling():
+            lo, hi = int(lengths.min()), int(lengths.max())
+            if lo < 0 or hi > q.shape[1]:
+                raise ValueError(f"lengths must lie in [0, N={q.shape[1]}], got min {lo}, max {hi}")
+    fn = resolve("temporal_attention", backend, q.device)
+    with nvtx_range("temporal_attention"):
+        return fn(q, k, v, lengths, scale)
+
+
+def skeletal_attention(q, k, v, *, scale: float | None = None, backend=None):
+    """Softmax attention over joints for every (batch, frame, head).
+
+    q, k, v: (B, N, J, H, d), any strides. Returns o: (B, N, J, H, d).
+    """
+    _check_qkv(q, k, v)
+    fn = resolve("skeletal_attention", backend, q.device)
+    with nvtx_range("skeletal_attention"):
+        return fn(q, k, v, scale)
+
+
+def skeletal_graph_conv(h, indptr, indices, w_self, w_neigh, bias=None, *, backend=None):
+    """Skeletal graph convolution: ``out_i = W_self h_i + W_neigh mean_{j in N(i)} h_j + b``.
+
+    h: (B, N, J, C_in); indptr (J+1,), indices (nnz,): integer CSR neighbourhoods over the J
+    joints (self loops included, each row sorted); w_self, w_neigh: (C_out, C_in); bias: (C_out,).
+    Returns (B, N, J, C_out).
+    """
+    _check_float("h", h)
+    if h.dim() != 4:
+        raise ValueError(f"h must be (B, N, J, C_in), got shape {tuple(h.shape)}")
+    J, C_in = h.shape[2], h.shape[3]
+    for name, t in (("indptr", indptr), ("indices", indices)):
+        if not isinstance(t, torch.Tensor) or t.dtype not in (torch.int32, torch.int64) or t.dim() != 1:
+            raise TypeError(f"{name} must be a 1-D int32/int64 tensor")
+    if indptr.numel() != J + 1:
+        raise ValueError(f"indptr has {indptr.numel()} entries; h has J={J} joints, so it needs {J + 1}")
+    for name, w in (("w_self", w_self), ("w_neigh", w_neigh)):
+        _check_float(name, w, h.dtype)
+        if w.dim() != 2 or w.shape[1] != C_in:
+            raise ValueError(f"{name} must be (C_out, C_in={C_in}), got {tuple(w.shape)}")
+    if w_neigh.shape != w_self.shape:
+        raise ValueError(f"w_neigh {tuple(w_neigh.shape)} and w_self {tuple(w_self.shape)} differ")
+    if bias is not None:
+        _check_float("bias", bias, h.dtype)
+        if bias.shape != (w_self.shape[0],):
+            raise ValueError(f"bias must be (C_out,) = ({w_self.shape[0]},), got {tuple(bias.shape)}")
+    _check_device(h, indptr=indptr, indices=indices, w_self=w_self, w_neigh=w_neigh, bias=bias)
+    if not torch.compiler.is_compiling():
+        _check_csr(indptr, indices, J)
+    fn = resolve("skeletal_graph_conv", backend, h.device)
+    with nvtx_range("skeletal_graph_conv"):
+        return fn(h, indptr, indices, w_self, w_neigh, bias)
+
+
+_csr_checked: set = set()
+
+
+def _check_csr(indptr: torch.Tensor, indices: torch.Tensor, J: int) -> None:
+    """Validate a CSR neighbourhood once per (storage, version): sorted rows, indices in range."""
+    key = (indptr.data_ptr(), indices.data_ptr(), indptr._version, indices._version, J)
+    if key in _csr_checked:
+        return
+    ip = indptr.detach().cpu().long()
+    ix = indices.detach().cpu().long()
+    if int(ip[0]) != 0 or int(ip[-1]) != ix.numel():
+        raise ValueError(f"indptr must start at 0 and end at nnz={ix.numel()}, got {int(ip[0])}..{int(ip[-1])}")
+    counts = ip[1:] - ip[:-1]
+    if bool((counts <= 0).any()):
+        raise ValueError("every joint needs a non-empty neighbourhood (include the self loop): indptr not increasing")
+    if ix.numel() and (int(ix.min()) < 0 or int(ix.max()) >= J):
+        raise ValueError(f"indices must lie in [0, {J}), got min {int(ix.min())}, max {int(ix.max())}")
+    for i in range(J):
+        row = ix[int(ip[i]):int(ip[i + 1])]
+        if row.numel() > 1 and bool((row[1:] <= row[:-1]).any()):
+            raise ValueError(f"CSR row {i} is not strictly sorted: {row.tolist()}")
+    _csr_checked.add(key)
