@@ -185,7 +185,7 @@ def _tiny() -> SALDConfig:
 def _paper() -> SALDConfig:
     return SALDConfig(
         name="paper",
-        vae=VAEConfig(channels=(64, 128, 256), latent_dim=16),
+        vae=VAEConfig(channels=(96, 176, 352), latent_dim=16),
         denoiser=DenoiserConfig(latent_dim=16, dim=256, num_layers=8, num_heads=8, ffn_mult=4,
                                 max_latent_frames=128),
         diffusion=DiffusionConfig(sample_steps=50),

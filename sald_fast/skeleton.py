@@ -73,7 +73,7 @@ def _joint_table() -> list[tuple[str, int, str | None, tuple[float, float, float
     return t
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Skeleton:
     """A kinematic tree: joint names, parent indices (-1 for the root; parents precede
     children), optional SMPL-X joint indices, and rest offsets from the parent (J, 3) in metres
@@ -85,6 +85,9 @@ class Skeleton:
     smplx_indices: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
+        offsets = np.array(self.offsets, dtype=np.float32)  # own read-only copy: the skeleton is a value
+        offsets.flags.writeable = False
+        object.__setattr__(self, "offsets", offsets)
         J = len(self.names)
         if len(self.parents) != J:
             raise ValueError(f"Skeleton: {J} names but {len(self.parents)} parents")
@@ -121,7 +124,7 @@ class Skeleton:
         """CSR (indptr (J+1,), indices (nnz,)) int64 of :meth:`adjacency`, rows sorted."""
         a = self.adjacency()
         indptr = np.concatenate([[0], np.cumsum(a.sum(1))])
-        indices = np.nonzero(a)[1]
+        indices = np.ascontiguousarray(np.nonzero(a)[1])
         return (torch.as_tensor(indptr, dtype=torch.int64, device=device),
                 torch.as_tensor(indices, dtype=torch.int64, device=device))
 

@@ -75,9 +75,12 @@ def use_backend(name: str) -> Iterator[None]:
         _default_backend = old
 
 
+_loaded: set[str] = set()
+
+
 def _try_load(backend: str) -> bool:
     """Import the module of ``backend`` once; False (and the reason kept) when it cannot load."""
-    if backend == "reference":
+    if backend == "reference" or backend in _loaded:
         return True
     if backend in _load_errors:
         return False
@@ -87,6 +90,7 @@ def _try_load(backend: str) -> bool:
     except Exception as exc:  # noqa: BLE001 - any import failure means "not available"
         _load_errors[backend] = f"{type(exc).__name__}: {exc}"
         return False
+    _loaded.add(backend)  # later calls stay import-free, so torch.compile can trace through
     return True
 
 
