@@ -1,0 +1,213 @@
+"""Checkpoints: one folder holding ``model.safetensors`` (tensors) and ``config.json``.
+
+``config.json`` = ``{"format": "sald_fast.checkpoint", "version": 1, "save_id": ...,
+"weights_sha256": ..., "config": {...}, "meta": {...}}``; the same ``save_id`` is in the
+safetensors header, so a folder whose two files come from different saves (an interrupted
+overwrite) is detected, and the SHA-256 of ``model.safetensors`` catches any corrupted byte. Every file is written
+atomically: a temporary file in the same folder, flushed and fsync'ed, then ``os.replace``.
+Loading uses safetensors and JSON only (never ``torch.load`` or pickle). Any problem is a
+:class:`CheckpointError` (a ``ValueError``) whose first line names the file and the problem.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import uuid
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+__all__ = [
+    "CheckpointError",
+    "save_checkpoint",
+    "load_checkpoint",
+    "prefix_state_dict",
+    "strip_prefix",
+    "split_state_dicts",
+    "atomic_write_bytes",
+    "WEIGHTS_NAME",
+    "CONFIG_NAME",
+]
+
+WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME = "config.json"
+FORMAT = "sald_fast.checkpoint"
+VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint folder or file is missing, corrupted, or does not fit the model."""
+
+
+def prefix_state_dict(state_dict: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """``{prefix + "." + key: tensor}`` (``prefix`` without the trailing dot, e.g. ``"vae"``)."""
+    p = prefix.rstrip(".") + "."
+    return {p + k: v for k, v in state_dict.items()}
+
+
+def strip_prefix(tensors: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """The entries of ``tensors`` under ``prefix`` (e.g. ``"vae"``), with the prefix removed."""
+    p = prefix.rstrip(".") + "."
+    return {k[len(p):]: v for k, v in tensors.items() if k.startswith(p)}
+
+
+def split_state_dicts(tensors: Mapping[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
+    """Group flat ``"name.key"`` tensors into ``{name: {key: tensor}}`` (first dot splits)."""
+    out: dict[str, dict[str, torch.Tensor]] = {}
+    for k, v in tensors.items():
+        head, dot, rest = k.partition(".")
+        if not dot:
+            raise ValueError(f"tensor name {k!r} has no 'prefix.' part")
+        out.setdefault(head, {})[rest] = v
+    return out
+
+
+def _flatten(tensors: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """Flat ``{name: CPU contiguous tensor}``; nested mappings (state_dicts) become ``outer.inner``;
+    tensors sharing storage are copied (safetensors refuses shared memory)."""
+    if not isinstance(tensors, Mapping):
+        raise TypeError(f"tensors must be a dict of tensors (or of state_dicts), got {type(tensors).__name__}")
+    flat: dict[str, torch.Tensor] = {}
+    for name, value in tensors.items():
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"tensor names must be non-empty str, got {name!r}")
+        if isinstance(value, Mapping):
+            for k, v in _flatten(value).items():
+                flat[f"{name}.{k}"] = v
+        elif isinstance(value, torch.Tensor):
+            flat[name] = value
+        else:
+            raise TypeError(f"tensors[{name!r}] must be a torch.Tensor or a dict of them, got {type(value).__name__}")
+    seen: set[int] = set()
+    out: dict[str, torch.Tensor] = {}
+    for name, t in flat.items():
+        t = t.detach().to("cpu").contiguous()
+        ptr = t.untyped_storage().data_ptr() if t.numel() else None
+        if ptr is not None and ptr in seen:
+            t = t.clone()
+        elif ptr is not None:
+            seen.add(ptr)
+        out[name] = t
+    return out
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # pragma: no cover - e.g. Windows cannot open folders
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover
+        pass
+    finally:
+        os.close(fd)
+
+
+def _tmp_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically (temporary file in the same folder, fsync, rename)."""
+    path = Path(path)
+    tmp = _tmp_name(path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def save_checkpoint(path: str | os.PathLike, tensors: Mapping[str, Any], config: Mapping[str, Any],
+                    meta: Mapping[str, Any] | None = None) -> Path:
+    """Write folder ``path``: ``model.safetensors`` (``tensors``: names -> tensors, or names ->
+    state_dicts, stored as ``name.key``) and ``config.json`` (``config`` and ``meta``, both
+    JSON-serialisable dicts). Each file is replaced atomically; returns the folder."""
+    from safetensors.torch import save as safetensors_bytes
+
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise CheckpointError(f"checkpoint path {str(path)!r} is a file; a checkpoint is a folder")
+    if not isinstance(config, Mapping):
+        raise TypeError(f"config must be a dict, got {type(config).__name__}")
+    if meta is not None and not isinstance(meta, Mapping):
+        raise TypeError(f"meta must be a dict or None, got {type(meta).__name__}")
+    flat = _flatten(tensors)
+    save_id = uuid.uuid4().hex
+    weights = safetensors_bytes(flat, metadata={"format": FORMAT, "save_id": save_id})
+    doc = {"format": FORMAT, "version": VERSION, "save_id": save_id,
+           "weights_sha256": hashlib.sha256(weights).hexdigest(), "config": dict(config), "meta": dict(meta or {})}
+    try:
+        text = json.dumps(doc, indent=2, sort_keys=True, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"config and meta must be JSON-serialisable: {exc}") from exc
+    path.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path / WEIGHTS_NAME, weights)
+    atomic_write_bytes(path / CONFIG_NAME, (text + "\n").encode("utf-8"))
+    return path
+
+
+def _first_line(exc: BaseException) -> str:
+    msg = str(exc).strip()
+    return f"{type(exc).__name__}: {msg.splitlines()[0]}" if msg else type(exc).__name__
+
+
+def load_checkpoint(path: str | os.PathLike, device: torch.device | str = "cpu"
+                    ) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, Any]]:
+    """Read a folder written by :func:`save_checkpoint` -> ``(tensors, config, meta)``.
+
+    Tensors are loaded onto ``device``. Raises :class:`CheckpointError` naming the file for a
+    missing folder or file, invalid JSON, a corrupted/truncated safetensors file, or files
+    from different saves.
+    """
+    from safetensors import safe_open
+    from safetensors.torch import load as safetensors_load
+
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint folder {str(path)!r} does not exist")
+    if not path.is_dir():
+        raise CheckpointError(f"checkpoint path {str(path)!r} is a file; a checkpoint is a folder "
+                              f"holding {WEIGHTS_NAME} and {CONFIG_NAME}")
+    cfg_file, weights_file = path / CONFIG_NAME, path / WEIGHTS_NAME
+    for f in (cfg_file, weights_file):
+        if not f.is_file():
+            raise CheckpointError(f"checkpoint file {str(f)!r} is missing")
+    try:
+        doc = json.loads(cfg_file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"checkpoint file {str(cfg_file)!r} is not valid JSON "
+                              f"(corrupted or truncated): {_first_line(exc)}") from exc
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT or not isinstance(doc.get("config"), dict):
+        raise CheckpointError(f"checkpoint file {str(cfg_file)!r} is not a sald_fast checkpoint config "
+                              f"(expected format {FORMAT!r} with a 'config' object)")
+    if doc.get("version") != VERSION:
+        raise CheckpointError(f"checkpoint file {str(cfg_file)!r} has format version {doc.get('version')!r}; "
+                              f"this sald_fast reads version {VERSION}")
+    data = weights_file.read_bytes()
+    try:
+        with safe_open(str(weights_file), framework="pt") as f:
+            header = f.metadata() or {}
+        tensors = safetensors_load(data)
+    except Exception as exc:  # safetensors raises SafetensorError / OSError / RuntimeError
+        raise CheckpointError(f"checkpoint file {str(weights_file)!r} is corrupted or truncated: "
+                              f"{_first_line(exc)}") from exc
+    if header.get("save_id") != doc.get("save_id"):
+        raise CheckpointError(f"checkpoint files {str(weights_file)!r} and {str(cfg_file)!r} come from "
+                              "different saves (an interrupted write?)")
+    if hashlib.sha256(data).hexdigest() != doc.get("weights_sha256"):
+        raise CheckpointError(f"checkpoint file {str(weights_file)!r} is corrupted: its SHA-256 does not "
+                              f"match the one recorded in {CONFIG_NAME}")
+    if torch.device(device).type != "cpu":
+        tensors = {k: v.to(device) for k, v in tensors.items()}
+    return tensors, doc["config"], dict(doc.get("meta") or {})

@@ -1,0 +1,417 @@
+"""The Sign-SALD denoiser: eps prediction on skeleton-aware latents (paper section 2.2).
+
+``Denoiser(config)(z_t, t, text, text_mask, lengths, drop_text) -> eps``, all (B, N', J', d_z).
+
+Each of the L layers applies, in order, k = 1..4: ``z = z + FiLM_k(A_k(LN_k(z)), t)`` with
+A_1 temporal attention (over N' for every joint, keys past ``lengths`` masked), A_2 skeletal
+attention (over J' for every frame), A_3 cross-attention to the text token features and A_4 an
+FFN. ``FiLM_k(h, t) = gamma_k(t) * h + beta_k(t)``, broadcast over N' and J'. The residual add,
+the FiLM and the *next* LayerNorm run as one op (``sald_fast.ops.film_residual_layernorm``), and
+temporal / skeletal attention read q, k, v as strided views of one fused projection
+(``sald_fast.ops.temporal_attention`` / ``skeletal_attention``), so a fast backend replaces them
+with no change to the model or its state_dict. Long skips add ``Linear(out of layer l)`` to the
+input of layer ``l + tau``. A learned null text token stands in for the text when the condition
+is dropped (classifier-free guidance).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import ops
+from .config import DenoiserConfig
+from .ops.dispatch import BACKENDS
+from .profiling import nvtx_range
+
+__all__ = ["Denoiser", "DenoiserLayer", "TextContext", "timestep_embedding", "sinusoidal_positions"]
+
+
+def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """Sinusoidal embedding of (possibly fractional) timesteps: t (B,) -> (B, dim) float32.
+
+    ``[cos(t * f_i), sin(t * f_i)]`` with ``f_i = max_period ** (-i / half)``, i < half = dim // 2
+    (a zero column is appended when dim is odd).
+    """
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+    args = t.to(torch.float32)[:, None] * freqs[None]
+    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+    if dim % 2:
+        emb = F.pad(emb, (0, 1))
+    return emb
+
+
+def sinusoidal_positions(num_positions: int, dim: int) -> torch.Tensor:
+    """Fixed sinusoidal position table (num_positions, dim) float32 (Vaswani et al.)."""
+    return timestep_embedding(torch.arange(num_positions, dtype=torch.float32), dim)
+
+
+@dataclass
+class TextContext:
+    """Cross-attention keys/values of every layer for a fixed text, reusable across sampling steps.
+
+    keys[l], values[l]: (B, H, L, d) in the model's dtype; mask: (B, 1, 1, L) bool (True = attend)
+    or None (every key real). Build with :meth:`Denoiser.encode_text`; valid until the weights change.
+    """
+
+    keys: list[torch.Tensor]
+    values: list[torch.Tensor]
+    mask: torch.Tensor | None
+
+    @property
+    def batch_size(self) -> int:
+        return self.keys[0].shape[0]
+
+
+class AxisAttention(nn.Module):
+    """Self-attention along one axis of (B, N, J, D): ``axis="temporal"`` (over N) or ``"skeletal"`` (over J).
+
+    One fused ``qkv`` projection (D -> 3D); q, k, v are strided (B, N, J, H, d) views into it,
+    handed to the op without permute copies; then the output projection ``proj`` (D -> D).
+    """
+
+    def __init__(self, dim: int, num_heads: int, axis: str) -> None:
+        super().__init__()
+        if axis not in ("temporal", "skeletal"):
+            raise ValueError(f"axis must be 'temporal' or 'skeletal', got {axis!r}")
+        self.axis = axis
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None, backend: str | None) -> torch.Tensor:
+        """x: (B, N, J, D); lengths: (B,) valid frames (temporal only) -> (B, N, J, D)."""
+        B, N, J, D = x.shape
+        H = self.num_heads
+        qkv = self.qkv(x).view(B, N, J, 3, H, D // H)
+        q, k, v = qkv.unbind(dim=3)  # each (B, N, J, H, d), strided views
+        if self.axis == "temporal":
+            o = ops.temporal_attention(q, k, v, lengths, backend=backend)
+        else:
+            o = ops.skeletal_attention(q, k, v, backend=backend)
+        return self.proj(o.reshape(B, N, J, D))
+
+
+class CrossAttention(nn.Module):
+    """Cross-attention from latent tokens to text tokens (``F.scaled_dot_product_attention``).
+
+    ``q``: D -> D on the (LayerNormed) latent tokens; ``kv``: text_dim -> 2D on the text features;
+    ``proj``: D -> D.
+    """
+
+    def __init__(self, dim: int, text_dim: int, num_heads: int) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.q = nn.Linear(dim, dim)
+        self.kv = nn.Linear(text_dim, 2 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def text_kv(self, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """text (B, L, text_dim) -> keys, values (B, H, L, d)."""
+        B, L, _ = text.shape
+        H = self.num_heads
+        kv = self.kv(text).view(B, L, 2, H, -1).permute(2, 0, 3, 1, 4)
+        return kv[0], kv[1]
+
+    def forward(self, x: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
+                mask: torch.Tensor | None) -> torch.Tensor:
+        """x: (B, N, J, D); keys/values (B, H, L, d); mask (B, 1, 1, L) bool or None -> (B, N, J, D)."""
+        B, N, J, D = x.shape
+        H = self.num_heads
+        q = self.q(x).view(B, N * J, H, D // H).transpose(1, 2)  # (B, H, N*J, d)
+        o = F.scaled_dot_product_attention(q, keys.to(q.dtype), values.to(q.dtype), attn_mask=mask)
+        return self.proj(o.transpose(1, 2).reshape(B, N, J, D))
+
+
+class DenoiserLayer(nn.Module):
+    """One layer: temporal attention -> skeletal attention -> cross-attention -> FFN.
+
+    ``norms[k]`` is the LayerNorm in front of sub-block k; ``film[k]`` maps the timestep embedding
+    (B, D_t) to (B, 2D) = (gamma - 1, beta) of sub-block k (zero-initialised: gamma = 1, beta = 0).
+    The residual updates themselves run in :meth:`Denoiser.forward` (they fuse with the next LN).
+    """
+
+    def __init__(self, cfg: DenoiserConfig) -> None:
+        super().__init__()
+        D = cfg.dim
+        self.temporal = AxisAttention(D, cfg.num_heads, "temporal")
+        self.skeletal = AxisAttention(D, cfg.num_heads, "skeletal")
+        self.cross = CrossAttention(D, cfg.text_dim, cfg.num_heads)
+        self.ffn = nn.Sequential(nn.Linear(D, cfg.ffn_mult * D), nn.GELU(), nn.Linear(cfg.ffn_mult * D, D))
+        self.norms = nn.ModuleList([nn.LayerNorm(D) for _ in range(4)])
+        self.film = nn.ModuleList([nn.Linear(D, 2 * D) for _ in range(4)])
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def sub_block(self, k: int, y: torch.Tensor, lengths: torch.Tensor | None, context: TextContext,
+                  layer_index: int, backend: str | None) -> torch.Tensor:
+        """A_k applied to the normalised stream y (B, N, J, D) -> h (B, N, J, D)."""
+        if k == 0:
+            h = self.temporal(y, lengths, backend)
+        elif k == 1:
+            h = self.skeletal(y, None, backend)
+        elif k == 2:
+            h = self.cross(y, context.keys[layer_index], context.values[layer_index], context.mask)
+        else:
+            h = self.ffn(y)
+        return self.dropout(h)
+
+    def film_params(self, k: int, temb_act: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(gamma, beta), each (B, D), of sub-block k from SiLU(timestep embedding) (B, D)."""
+        delta_gamma, beta = self.film[k](temb_act).chunk(2, dim=-1)
+        return 1.0 + delta_gamma, beta
+
+
+class Denoiser(nn.Module):
+    """Sequential-attention latent denoiser predicting eps (DESIGN.md section 2, paper eq. 5-6).
+
+    ``config``: a :class:`~sald_fast.config.DenoiserConfig`. ``backend``: the ``sald_fast.ops``
+    backend for the fused ops ("reference", "triton", "cuda", "auto" or None for the process
+    default); settable later through ``self.backend``. The state_dict does not depend on it.
+    Inputs of any floating dtype are cast to the parameters' dtype; eps comes back in z_t's dtype.
+    """
+
+    def __init__(self, config: DenoiserConfig, backend: str | None = None) -> None:
+        super().__init__()
+        if not isinstance(config, DenoiserConfig):
+            raise TypeError(f"config must be a DenoiserConfig, got {type(config).__name__}")
+        self.config = config
+        self.backend = backend
+        D, L, tau = config.dim, config.num_layers, config.skip_tau
+        self.input_proj = nn.Linear(config.latent_dim, D)
+        if config.pos_embedding == "learned":
+            self.frame_embedding = nn.Parameter(torch.zeros(config.max_latent_frames, D))
+        else:
+            self.register_buffer("frame_embedding", sinusoidal_positions(config.max_latent_frames, D),
+                                 persistent=False)
+        self.joint_embedding = nn.Parameter(torch.zeros(config.num_atoms, D))
+        self.time_mlp = nn.Sequential(nn.Linear(D, D), nn.SiLU(), nn.Linear(D, D))
+        self.null_text = nn.Parameter(torch.zeros(1, 1, config.text_dim))
+        self.layers = nn.ModuleList([DenoiserLayer(config) for _ in range(L)])
+        # skips[i]: output of layer i -> added to the input of layer i + tau
+        self.skips = nn.ModuleList([nn.Linear(D, D) for _ in range(L - tau)] if 0 < tau < L else [])
+        self.out_norm = nn.LayerNorm(D)
+        self.out_proj = nn.Linear(D, config.latent_dim)
+        self.reset_parameters()
+
+    # ------------------------------------------------------------------ set-up
+
+    @property
+    def backend(self) -> str | None:
+        """The ops backend of this module (None: the process default of ``sald_fast.ops``)."""
+        return self._backend
+
+    @backend.setter
+    def backend(self, value: str | None) -> None:
+        if value is not None and value not in BACKENDS:
+            raise ValueError(f"backend must be None or one of {BACKENDS}, got {value!r}")
+        self._backend = value
+
+    def reset_parameters(self) -> None:
+        """Linear weights N(0, 0.02), biases 0; embeddings and null token N(0, 0.02); LayerNorm
+        (1, 0); FiLM and long-skip projections zero (gamma = 1, beta = 0, skips start closed)."""
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, std=0.02)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.LayerNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        if isinstance(self.frame_embedding, nn.Parameter):
+            nn.init.normal_(self.frame_embedding, std=0.02)
+        nn.init.normal_(self.joint_embedding, std=0.02)
+        nn.init.normal_(self.null_text, std=0.02)
+        for layer in self.layers:
+            for film in layer.film:
+                nn.init.zeros_(film.weight)
+                nn.init.zeros_(film.bias)
+        for skip in self.skips:
+            nn.init.zeros_(skip.weight)
+            nn.init.zeros_(skip.bias)
+
+    def _param_dtype_device(self) -> tuple[torch.dtype, torch.device]:
+        p = self.input_proj.weight
+        return p.dtype, p.device
+
+    # ------------------------------------------------------------------ text
+
+    def encode_text(self, text: torch.Tensor | None, text_mask: torch.Tensor | None = None,
+                    drop_text: torch.Tensor | None = None, batch_size: int | None = None) -> TextContext:
+        """Per-layer cross-attention keys/values for ``text``, to reuse over sampling steps.
+
+        text: (B, L, text_dim) float or None (unconditional: the null token, ``batch_size``
+        samples, default 1 and broadcast in forward); text_mask: (B, L) bool, True = real token;
+        drop_text: (B,) bool, True replaces that sample's text by the null token.
+        """
+        dtype, device = self._param_dtype_device()
+        if text is None:
+            B = 1 if batch_size is None else int(batch_size)
+            tokens = self.null_text.expand(B, 1, -1)
+            mask = None
+        else:
+            B = text.shape[0] if batch_size is None else int(batch_size)
+            self._check_text(text, text_mask, drop_text, B, device)
+            L = text.shape[1]
+            tokens = text.to(dtype)
+            mask = text_mask
+            if drop_text is not None:
+                drop = drop_text.view(B, 1)
+                tokens = torch.where(drop.view(B, 1, 1), self.null_text.expand(B, L, -1), tokens)
+                only_first = torch.arange(L, device=device).view(1, L) == 0
+                mask = torch.where(drop, only_first, mask if mask is not None else torch.ones_like(only_first))
+            if mask is not None:
+                if not torch.compiler.is_compiling() and not bool(mask.any(dim=1).all()):
+                    bad = (~mask.any(dim=1)).nonzero().flatten().tolist()
+                    raise ValueError(f"text_mask has no real token (all False) for sample(s) {bad} that are not "
+                                     "dropped; give each sample at least one token or set drop_text")
+                mask = mask.view(B, 1, 1, L)
+        keys, values = [], []
+        for layer in self.layers:
+            k, v = layer.cross.text_kv(tokens)
+            keys.append(k)
+            values.append(v)
+        return TextContext(keys, values, mask)
+
+    def _check_text(self, text, text_mask, drop_text, B: int, device: torch.device) -> None:
+        cfg = self.config
+        if not isinstance(text, torch.Tensor):
+            raise TypeError(f"text must be a torch.Tensor (B, L, text_dim) or None, got {type(text).__name__}")
+        if not text.is_floating_point():
+            raise TypeError(f"text must be a floating tensor, got dtype {text.dtype}")
+        if text.dim() != 3 or text.shape[0] != B or text.shape[1] < 1 or text.shape[2] != cfg.text_dim:
+            raise ValueError(f"text must be (B={B}, L>=1, text_dim={cfg.text_dim}), got shape {tuple(text.shape)}")
+        if text.device != device:
+            raise ValueError(f"text is on {text.device} but the model is on {device}")
+        if text_mask is not None:
+            if not isinstance(text_mask, torch.Tensor) or text_mask.dtype != torch.bool:
+                raise TypeError(f"text_mask must be a bool tensor (True = real token), got "
+                                f"{getattr(text_mask, 'dtype', type(text_mask).__name__)}")
+            if text_mask.shape != text.shape[:2]:
+                raise ValueError(f"text_mask must be (B, L) = {tuple(text.shape[:2])}, got {tuple(text_mask.shape)}")
+            if text_mask.device != device:
+                raise ValueError(f"text_mask is on {text_mask.device} but the model is on {device}")
+        self._check_drop(drop_text, B, device)
+
+    @staticmethod
+    def _check_drop(drop_text, B: int, device: torch.device) -> None:
+        if drop_text is None:
+            return
+        if not isinstance(drop_text, torch.Tensor) or drop_text.dtype != torch.bool:
+            raise TypeError(f"drop_text must be a bool tensor (B,), got "
+                            f"{getattr(drop_text, 'dtype', type(drop_text).__name__)}")
+        if drop_text.shape != (B,):
+            raise ValueError(f"drop_text must be (B,) = ({B},), got {tuple(drop_text.shape)}")
+        if drop_text.device != device:
+            raise ValueError(f"drop_text is on {drop_text.device} but the model is on {device}")
+
+    # ------------------------------------------------------------------ forward
+
+    def _check_inputs(self, z_t, t, lengths) -> torch.Tensor:
+        """Validate z_t, t, lengths; returns t as a (B,) tensor."""
+        cfg = self.config
+        dtype, device = self._param_dtype_device()
+        if not isinstance(z_t, torch.Tensor):
+            raise TypeError(f"z_t must be a torch.Tensor (B, N', J'={cfg.num_atoms}, d_z={cfg.latent_dim}), "
+                            f"got {type(z_t).__name__}")
+        if not z_t.is_floating_point():
+            raise TypeError(f"z_t must be a floating tensor, got dtype {z_t.dtype}")
+        if z_t.dim() != 4 or z_t.shape[2] != cfg.num_atoms or z_t.shape[3] != cfg.latent_dim:
+            raise ValueError(f"z_t must be (B, N', J'={cfg.num_atoms}, d_z={cfg.latent_dim}), got shape "
+                             f"{tuple(z_t.shape)}")
+        B, N = z_t.shape[:2]
+        if B < 1 or N < 1:
+            raise ValueError(f"z_t needs B >= 1 and N' >= 1, got shape {tuple(z_t.shape)}")
+        if N > cfg.max_latent_frames:
+            raise ValueError(f"z_t has N'={N} latent frames but config.max_latent_frames is {cfg.max_latent_frames}")
+        if z_t.device != device:
+            raise ValueError(f"z_t is on {z_t.device} but the model is on {device}")
+        if isinstance(t, (int, float)) and not isinstance(t, bool):
+            t = torch.full((B,), t, device=device)
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"t must be a (B,) tensor of timesteps, got {type(t).__name__}")
+        if t.dtype == torch.bool or t.is_complex():
+            raise TypeError(f"t must hold int or float timesteps, got dtype {t.dtype}")
+        if t.dim() == 0:
+            t = t.expand(B)
+        if t.shape != (B,):
+            raise ValueError(f"t must be (B,) = ({B},), got shape {tuple(t.shape)}")
+        if t.device != device:
+            raise ValueError(f"t is on {t.device} but the model is on {device}")
+        if lengths is not None:
+            if not isinstance(lengths, torch.Tensor) or lengths.dtype not in (torch.int32, torch.int64):
+                raise TypeError(f"lengths must be an int32/int64 tensor (B,), got "
+                                f"{getattr(lengths, 'dtype', type(lengths).__name__)}")
+            if lengths.shape != (B,):
+                raise ValueError(f"lengths must be (B,) = ({B},), got shape {tuple(lengths.shape)}")
+            if lengths.device != device:
+                raise ValueError(f"lengths is on {lengths.device} but the model is on {device}")
+            if not torch.compiler.is_compiling():
+                lo, hi = int(lengths.min()), int(lengths.max())
+                if lo < 1 or hi > N:
+                    raise ValueError(f"lengths must lie in [1, N'={N}], got min {lo}, max {hi}")
+        return t
+
+    def forward(self, z_t: torch.Tensor, t: torch.Tensor | int | float, text: torch.Tensor | None = None,
+                text_mask: torch.Tensor | None = None, lengths: torch.Tensor | None = None,
+                drop_text: torch.Tensor | None = None, *, text_context: TextContext | None = None) -> torch.Tensor:
+        """Predict the noise in ``z_t``.
+
+        z_t: (B, N', J', d_z) float; t: (B,) int or float timesteps (a scalar is broadcast);
+        text: (B, L, text_dim) float or None (unconditional: every sample gets the null token);
+        text_mask: (B, L) bool, True = real token (None: all real); lengths: (B,) int in [1, N']
+        valid latent frames (None: all); drop_text: (B,) bool, True = use the null token for that
+        sample. ``text_context`` (keyword): keys/values from :meth:`encode_text` to use instead of
+        ``text``/``text_mask``/``drop_text``. Returns eps (B, N', J', d_z) in z_t's dtype; outputs on
+        valid frames do not depend on the content of padded frames.
+        """
+        t = self._check_inputs(z_t, t, lengths)
+        B, N, J, _ = z_t.shape
+        dtype, device = self._param_dtype_device()
+        if text_context is not None:
+            if text is not None or text_mask is not None or drop_text is not None:
+                raise ValueError("give either text_context or text/text_mask/drop_text, not both")
+            if not isinstance(text_context, TextContext) or len(text_context.keys) != len(self.layers):
+                raise TypeError("text_context must be a TextContext from this model's encode_text")
+            if text_context.batch_size not in (1, B):
+                raise ValueError(f"text_context has batch {text_context.batch_size}, z_t has B={B}")
+            context = text_context
+            if context.batch_size != B:  # a context of batch 1 (e.g. unconditional) serves every sample
+                context = TextContext([k.expand(B, -1, -1, -1) for k in context.keys],
+                                      [v.expand(B, -1, -1, -1) for v in context.values],
+                                      None if context.mask is None else context.mask.expand(B, -1, -1, -1))
+        else:
+            if text is None:
+                if text_mask is not None:
+                    raise ValueError("text_mask was given without text")
+                self._check_drop(drop_text, B, device)
+            context = self.encode_text(text, text_mask, drop_text, batch_size=B)
+        backend = self.backend
+        with nvtx_range("denoiser"):
+            z = self.input_proj(z_t.to(dtype))
+            z = z + self.frame_embedding[:N].to(z.dtype).view(1, N, 1, -1) + self.joint_embedding.view(1, 1, J, -1)
+            temb = self.time_mlp(timestep_embedding(t, self.config.dim).to(dtype))
+            temb_act = F.silu(temb)
+            first = self.layers[0].norms[0]
+            y = F.layer_norm(z, first.normalized_shape, first.weight, first.bias, first.eps)
+            outputs: list[torch.Tensor] = []
+            tau = self.config.skip_tau
+            for l, layer in enumerate(self.layers):
+                if tau and l >= tau and (l - tau) < len(self.skips):
+                    z = z + self.skips[l - tau](outputs[l - tau])
+                    ln = layer.norms[0]
+                    y = F.layer_norm(z, ln.normalized_shape, ln.weight, ln.bias, ln.eps)
+                with nvtx_range(f"denoiser.layer{l}"):
+                    for k in range(4):
+                        h = layer.sub_block(k, y, lengths, context, l, backend)
+                        gamma, beta = layer.film_params(k, temb_act)
+                        nxt = layer.norms[k + 1] if k < 3 else (
+                            self.layers[l + 1].norms[0] if l + 1 < len(self.layers) else self.out_norm)
+                        z, y = ops.film_residual_layernorm(z, h.to(z.dtype), gamma.to(z.dtype), beta.to(z.dtype),
+                                                           nxt.weight, nxt.bias, nxt.eps, backend=backend)
+                outputs.append(z)
+            eps = self.out_proj(y)
+        return eps.to(z_t.dtype)

@@ -1,0 +1,317 @@
+"""``SignSALD``: text in, sign-language poses out (VAE + denoiser + text encoder + diffusion).
+
+    model = SignSALD.load("runs/tiny/model")
+    out = model.generate(["where is the library?"], num_frames=64, seed=0)
+    out.positions  # (1, 64, 44, 3) joint positions in metres
+
+Generation: text features (cached per prompt) -> reverse diffusion in the scaled latent space
+(B, N/4, J', d_z) with classifier-free guidance -> ``z / vae.latent_scale`` -> VAE decoder ->
+feature de-normalisation -> rotations, FK positions and SMPL-X parameters. ``num_frames`` that
+is not a multiple of 4 is padded up internally and the output cropped back.
+
+A checkpoint is one folder (:mod:`sald_fast.checkpoint`): the VAE (with its feature
+normaliser and latent scale) and the denoiser under the prefixes ``vae.`` and ``denoiser.``;
+the config; and a skeleton id, so a checkpoint made for another skeleton (or pooling
+hierarchy) is refused. The text encoder is frozen and not saved;
+it is rebuilt from ``config.text``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint, strip_prefix
+from .config import SALDConfig
+from .diffusion import SCHEDULERS, GaussianDiffusion
+from .skeleton import SIGNING_SKELETON, pooling_hierarchy
+from .text import TextEncoder, build_text_encoder, validate_texts
+
+__all__ = ["SignSALD", "GenerationOutput", "skeleton_id", "CHECKPOINT_KIND"]
+
+CHECKPOINT_KIND = "sald_fast.SignSALD"
+TEMPORAL_FACTOR = 4  # frames per latent frame (two temporal poolings by 2)
+
+
+def skeleton_id(num_atoms: int = 7) -> str:
+    """A short id of the skeleton (joint names, parents) and its pooling hierarchy to
+    ``num_atoms`` atoms; models trained for a different one cannot be loaded."""
+    h = pooling_hierarchy(num_atoms)
+    desc = repr((SIGNING_SKELETON.names, SIGNING_SKELETON.parents, [lvl.names for lvl in h.levels], h.groups))
+    digest = hashlib.sha256(desc.encode("utf-8")).hexdigest()[:16]
+    return f"smplx-upper{SIGNING_SKELETON.num_joints}-atoms{num_atoms}-{digest}"
+
+
+@dataclass
+class GenerationOutput:
+    """What :meth:`SignSALD.generate` returns (CPU float32 tensors, B prompts, N frames).
+
+    features: (B, N, 44, 9) unnormalised pose features (6D rotations + root translation).
+    local_rotmats: (B, N, 44, 3, 3) rotation of each joint relative to its parent.
+    positions: (B, N, 44, 3) joint positions in metres (forward kinematics).
+    smplx: SMPL-X parameters as float32 numpy arrays with leading (B, N): global_orient (3,),
+        body_pose (21, 3), left_hand_pose (15, 3), right_hand_pose (15, 3), transl (3,).
+    texts: the prompts. lengths: (B,) valid frames per prompt (frames past it are unconstrained).
+    """
+
+    features: torch.Tensor
+    local_rotmats: torch.Tensor
+    positions: torch.Tensor
+    smplx: dict[str, np.ndarray]
+    texts: list[str]
+    lengths: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.long))
+
+
+def _int_arg(name: str, value: Any, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or int(value) < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def _unwrap(module: nn.Module) -> nn.Module:
+    """The plain module inside ``torch.compile`` (``_orig_mod``) and DDP (``module``) wrappers."""
+    while True:
+        if isinstance(getattr(module, "_orig_mod", None), nn.Module):
+            module = module._orig_mod
+        elif isinstance(module, nn.parallel.DistributedDataParallel):
+            module = module.module
+        else:
+            return module
+
+
+class SignSALD(nn.Module):
+    """Text-to-sign-pose pipeline: ``vae`` (SkeletonVAE), ``denoiser`` (Denoiser),
+    ``text_encoder`` (frozen TextEncoder) and the diffusion process of ``config.diffusion``.
+
+    The diffusion runs on ``z * vae.latent_scale`` (a buffer of the VAE set by the denoiser's
+    training so that latents have unit variance; 1 when the VAE has none)."""
+
+    def __init__(self, config: SALDConfig, vae: nn.Module, denoiser: nn.Module, text_encoder: TextEncoder) -> None:
+        super().__init__()
+        if not isinstance(config, SALDConfig):
+            raise TypeError(f"config must be a SALDConfig, got {type(config).__name__}")
+        if not isinstance(text_encoder, TextEncoder):
+            raise TypeError(f"text_encoder must be a sald_fast.text.TextEncoder, got {type(text_encoder).__name__}")
+        if text_encoder.dim != config.denoiser.text_dim:
+            raise ValueError(f"the text encoder gives {text_encoder.dim}-dim features but config.denoiser.text_dim "
+                             f"is {config.denoiser.text_dim} (text kind {config.text.kind!r})")
+        self.config = config
+        self.vae = vae
+        self.denoiser = denoiser
+        self.text_encoder = text_encoder
+        self.diffusion = GaussianDiffusion(config.diffusion)
+        self.meta: dict[str, Any] = {}
+
+    # -- construction --------------------------------------------------------------------------
+    @classmethod
+    def from_config(cls, config: SALDConfig, text_encoder: TextEncoder | None = None, backend: str | None = None,
+                    seed: int | None = None) -> "SignSALD":
+        """Fresh (randomly initialised) VAE and denoiser for ``config``; the text encoder is
+        built from ``config.text`` unless given. ``seed`` makes the initialisation repeatable."""
+        from .denoiser import Denoiser
+        from .vae import SkeletonVAE
+
+        if text_encoder is None:
+            text_encoder = build_text_encoder(config.text)
+        rng = torch.random.fork_rng(devices=[]) if seed is not None else contextlib.nullcontext()
+        with rng:
+            if seed is not None:
+                torch.manual_seed(seed)
+            vae = SkeletonVAE(config.vae, backend=backend)
+            denoiser = Denoiser(config.denoiser, backend=backend)
+        return cls(config, vae, denoiser, text_encoder)
+
+    @property
+    def device(self) -> torch.device:
+        """Device of the denoiser's weights."""
+        for p in self.denoiser.parameters():
+            return p.device
+        return torch.device("cpu")
+
+    @property
+    def skeleton_id(self) -> str:
+        """Id of the skeleton and pooling hierarchy this model was built for."""
+        return skeleton_id(self.config.vae.num_atoms)
+
+    # -- pieces used by training and generation ------------------------------------------------
+    def encode_text(self, texts: str | Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(features (B, L, text_dim), mask (B, L)) on :attr:`device`; cached per prompt."""
+        feats, mask = self.text_encoder.encode(texts)
+        return feats.to(self.device), mask.to(self.device)
+
+    def latent_scale(self) -> torch.Tensor | float:
+        """The VAE's ``latent_scale`` buffer (1.0 when it has none)."""
+        scale = getattr(_unwrap(self.vae), "latent_scale", None)
+        return scale if isinstance(scale, torch.Tensor) else 1.0
+
+    def encode_latents(self, features: torch.Tensor, sample: bool = False) -> torch.Tensor:
+        """Unnormalised pose features (B, N, 44, 9), N a multiple of 4 -> diffusion latents
+        (B, N/4, J', d_z): encoder mean (or a posterior sample) times :meth:`latent_scale`."""
+        if features.dim() != 4 or features.shape[-2:] != (SIGNING_SKELETON.num_joints, 9):
+            raise ValueError(f"features must be (B, N, 44, 9), got {tuple(features.shape)}")
+        if features.shape[1] % TEMPORAL_FACTOR:
+            raise ValueError(f"features need a multiple of {TEMPORAL_FACTOR} frames, got {features.shape[1]}")
+        mu, logvar = self.vae.encode(self.vae.normalizer.normalize(features))
+        z = mu + torch.randn_like(mu) * (0.5 * logvar).exp() if sample else mu
+        return z * self.latent_scale()
+
+    def decode_latents(self, z: torch.Tensor) -> torch.Tensor:
+        """Diffusion latents (B, N', J', d_z) -> unnormalised features (B, 4N', 44, 9)."""
+        x = self.vae.decode(z / self.latent_scale())
+        return self.vae.normalizer.denormalize(x)
+
+    def diffusion_loss(self, features: torch.Tensor, texts: Sequence[str], lengths: torch.Tensor | None = None,
+                       generator: torch.Generator | None = None) -> torch.Tensor:
+        """Denoiser training loss on a batch: features (B, N, 44, 9) unnormalised (N a multiple
+        of 4), their prompts, and valid frames per sample ``lengths`` (B,) (None: all). The
+        VAE is used frozen (no gradient)."""
+        with torch.no_grad():
+            z0 = self.encode_latents(features)
+        text, mask = self.encode_text(list(texts))
+        latent_lengths = None
+        if lengths is not None:
+            lengths = torch.as_tensor(lengths, device=z0.device)
+            latent_lengths = ((lengths + TEMPORAL_FACTOR - 1) // TEMPORAL_FACTOR).long()
+        return self.diffusion.training_loss(self.denoiser, z0, text, mask, latent_lengths,
+                                            self.config.denoiser.cond_drop_prob, generator)
+
+    # -- generation ----------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _eval_mode(self) -> Iterator[None]:
+        modes = [(m, m.training) for m in (self.vae, self.denoiser)]
+        try:
+            for m, _ in modes:
+                m.eval()
+            yield
+        finally:
+            for m, mode in modes:
+                m.train(mode)
+
+    @torch.no_grad()
+    def generate(self, texts: str | Sequence[str], num_frames: int | None = None, steps: int | None = None,
+                 guidance: float | None = None, seed: int = 0, scheduler: str | None = None,
+                 progress: bool = False, lengths: Sequence[int] | torch.Tensor | None = None) -> GenerationOutput:
+        """Poses for each prompt in ``texts`` (a str is a batch of one).
+
+        num_frames: frames to generate (default ``config.train.num_frames``; any N >= 1, padded
+        to a multiple of 4 internally). steps / guidance / scheduler: default to
+        ``config.diffusion``'s. lengths: optional valid frames per prompt (<= num_frames), given
+        to the denoiser as a padding mask. Same arguments and seed -> bit-identical output.
+        """
+        texts = validate_texts(texts)
+        B = len(texts)
+        num_frames = self.config.train.num_frames if num_frames is None else num_frames
+        num_frames = _int_arg("num_frames", num_frames)
+        seed = _int_arg("seed", seed, minimum=0)
+        if steps is not None:
+            steps = _int_arg("steps", steps)
+        if scheduler is not None and scheduler not in SCHEDULERS:
+            raise ValueError(f"unknown scheduler {scheduler!r}; choose one of {', '.join(SCHEDULERS.keys())}")
+        n_latent = -(-num_frames // TEMPORAL_FACTOR)
+        max_latent = self.config.denoiser.max_latent_frames
+        if n_latent > max_latent:
+            raise ValueError(f"num_frames={num_frames} needs {n_latent} latent frames but the denoiser supports at "
+                             f"most {max_latent} (num_frames <= {max_latent * TEMPORAL_FACTOR})")
+        device = self.device
+        frame_lengths = torch.full((B,), num_frames, dtype=torch.long)
+        latent_lengths = None
+        if lengths is not None:
+            frame_lengths = torch.as_tensor(lengths).reshape(-1).long().cpu()
+            if frame_lengths.shape != (B,) or bool((frame_lengths < 1).any()) or bool((frame_lengths > num_frames).any()):
+                raise ValueError(f"lengths must hold {B} ints in [1, num_frames={num_frames}], got {frame_lengths.tolist()}")
+            latent_lengths = ((frame_lengths + TEMPORAL_FACTOR - 1) // TEMPORAL_FACTOR).to(device)
+
+        text, mask = self.encode_text(texts)
+        shape = (B, n_latent, self.config.denoiser.num_atoms, self.config.denoiser.latent_dim)
+        generator = torch.Generator(device="cpu").manual_seed(seed)
+        with self._eval_mode():
+            z0 = self.diffusion.sample(self.denoiser, shape, text, mask, latent_lengths, steps=steps,
+                                       guidance=guidance, scheduler=scheduler, generator=generator,
+                                       progress=progress, device=device)
+            features = self.decode_latents(z0)[:, :num_frames].float().cpu()
+        return self.poses_from_features(features, texts, frame_lengths)
+
+    def poses_from_features(self, features: torch.Tensor, texts: Sequence[str],
+                            lengths: torch.Tensor | None = None) -> GenerationOutput:
+        """Unnormalised features (B, N, 44, 9) -> :class:`GenerationOutput` (rotations, FK
+        positions with the VAE's rest offsets, SMPL-X parameters)."""
+        from .features import features_to_positions, features_to_rotmats, features_to_smplx
+
+        features = features.detach().float().cpu()
+        rotmats, _ = features_to_rotmats(features)
+        offsets = getattr(self.vae, "offsets", None)
+        if isinstance(offsets, torch.Tensor):
+            offsets = offsets.detach().float().cpu()
+        positions = features_to_positions(features, offsets)
+        smplx = {k: np.asarray(v, dtype=np.float32) for k, v in features_to_smplx(features).items()}
+        if lengths is None:
+            lengths = torch.full((features.shape[0],), features.shape[1], dtype=torch.long)
+        return GenerationOutput(features=features, local_rotmats=rotmats.float(), positions=positions.float(),
+                                smplx=smplx, texts=list(texts), lengths=lengths)
+
+    # -- checkpoints ---------------------------------------------------------------------------
+    def save(self, path: str | os.PathLike, meta: dict[str, Any] | None = None) -> Path:
+        """Write the VAE, denoiser, config and skeleton id to folder ``path``
+        (atomically, safetensors + JSON); ``meta`` (JSON-serialisable) is stored beside."""
+        from . import __version__
+
+        tensors = {"vae": _unwrap(self.vae).state_dict(), "denoiser": _unwrap(self.denoiser).state_dict()}
+        full_meta = {**(meta or {}), "kind": CHECKPOINT_KIND, "skeleton_id": self.skeleton_id,
+                     "num_joints": SIGNING_SKELETON.num_joints, "sald_fast_version": __version__}
+        return save_checkpoint(path, tensors, self.config.to_dict(), full_meta)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, device: torch.device | str = "cpu", text_encoder: TextEncoder | None = None,
+             backend: str | None = None) -> "SignSALD":
+        """A model written by :meth:`save` (its folder, or a run folder holding it as ``model/``),
+        on ``device``, in eval mode (``.meta`` holds the saved meta). Raises :class:`~sald_fast.checkpoint.CheckpointError` for a missing or
+        corrupted checkpoint, another kind of checkpoint, or another skeleton."""
+        from .denoiser import Denoiser
+        from .vae import SkeletonVAE
+
+        path = Path(path)
+        if (path / "model" / "config.json").is_file():  # a run folder of train.full
+            path = path / "model"
+        tensors, config_dict, meta = load_checkpoint(path)
+        kind = meta.get("kind")
+        if kind != CHECKPOINT_KIND:
+            raise CheckpointError(f"checkpoint {str(path)!r} is not a SignSALD checkpoint (kind {kind!r})")
+        try:
+            config = SALDConfig.from_dict(config_dict)
+        except (TypeError, ValueError) as exc:
+            raise CheckpointError(f"checkpoint {str(path / 'config.json')!r} holds an invalid config: {exc}") from exc
+        expected = skeleton_id(config.vae.num_atoms)
+        if meta.get("skeleton_id") != expected:
+            raise CheckpointError(f"checkpoint {str(path)!r} was made for skeleton {meta.get('skeleton_id')!r}, "
+                                  f"but this sald_fast uses {expected!r}")
+        if text_encoder is None:
+            text_encoder = build_text_encoder(config.text)
+        vae = SkeletonVAE(config.vae, backend=backend)
+        denoiser = Denoiser(config.denoiser, backend=backend)
+        try:
+            model = cls(config, vae, denoiser, text_encoder)
+        except ValueError as exc:
+            raise CheckpointError(f"checkpoint {str(path)!r}: {exc}") from exc
+        known = ("vae", "denoiser")
+        stray = sorted({k.split(".", 1)[0] for k in tensors} - set(known))
+        if stray:
+            raise CheckpointError(f"checkpoint {str(path / 'model.safetensors')!r} holds unexpected tensor "
+                                  f"group(s) {stray}")
+        for name in known:
+            module = getattr(model, name)
+            try:
+                module.load_state_dict(strip_prefix(tensors, name), strict=True)
+            except RuntimeError as exc:
+                detail = " ".join(str(exc).split())
+                raise CheckpointError(f"checkpoint {str(path / 'model.safetensors')!r} does not fit the "
+                                      f"{name} built from its config: {detail[:400]}") from exc
+        model.meta = {k: v for k, v in meta.items() if k not in ("kind",)}
+        return model.to(device).eval()
