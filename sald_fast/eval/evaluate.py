@@ -1,0 +1,322 @@
+"""The evaluation procedure and the paper's Table 1 (Markdown + JSON).
+
+Rows (all on the first ``num_samples`` test clips, cropped to the evaluator's ``num_frames``):
+- "Mean pose" (lower bound): the training split's mean root-aligned pose, repeated.
+- "Sign-SALD": poses generated for the test sentences with the reference lengths (seed fixed).
+- "VAE reconstruction": the references through the run's VAE (encoder means, no sampling).
+- "Ground truth" (ceiling / floor): the references themselves.
+
+Columns: back-translation BLEU-4 and ROUGE-L (0-100) against the normalised sentence
+(lowercase words, :meth:`WordTokenizer.normalize`); FID of the row's motion-encoder features
+against the Gaussian fit of the training split stored in the evaluator (so "Ground truth" FID is
+test vs train: the floor); MPJPE in mm (root-aligned, non-root joints, valid frames) against the
+reference of the same sentence and length. ``eval.json`` also holds "FID (vs test)": FID against
+the test references themselves. FID from few samples is biased upwards (the "Ground truth" row
+shows by how much): compare FIDs of one evaluation (same ``num_samples``) only.
+
+Determinism: evaluation models in eval mode, fixed batches (``batch_size``) in test-split order,
+generation seeded per batch (``seed + batch index``): two evaluations of one checkpoint give the
+same numbers.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from .metrics import bleu4, fid, frechet_distance, gaussian_stats, mpjpe, rouge_l
+from .models import PoseEvaluator, WordTokenizer
+
+__all__ = [
+    "ROWS",
+    "COLUMNS",
+    "positions_of_items",
+    "reference_poses",
+    "score_poses",
+    "generate_poses",
+    "vae_reconstruct",
+    "reconstruction_mpjpe",
+    "evaluate",
+    "format_table",
+    "write_results",
+    "evaluate_run",
+]
+
+ROWS = ("Mean pose", "Sign-SALD", "VAE reconstruction", "Ground truth")
+COLUMNS = ("BLEU-4", "ROUGE-L", "FID", "MPJPE")
+_LABELS = {"Mean pose": "Mean pose (lower bound)", "Ground truth": "Ground truth (ceiling)"}
+_HEADER = {"BLEU-4": "BLEU-4 ↑", "ROUGE-L": "ROUGE ↑", "FID": "FID ↓", "MPJPE": "MPJPE (mm) ↓"}
+
+
+def _valid_mask(lengths: torch.Tensor, frames: int) -> torch.Tensor:
+    return torch.arange(frames, device=lengths.device)[None] < lengths[:, None]
+
+
+def _hold_last_frame(positions: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Frames past each length replaced by the last valid frame (padding may be NaN after FK)."""
+    n = positions.shape[1]
+    idx = torch.minimum(torch.arange(n, device=positions.device)[None], (lengths - 1).clamp_min(0)[:, None])
+    return torch.gather(positions, 1, idx[:, :, None, None].expand(-1, -1, *positions.shape[2:]))
+
+
+def positions_of_items(items: Sequence[dict], device: torch.device | str | None = None
+                       ) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """Joint positions (B, N, 44, 3) metres, lengths (B,) and texts of MotionTextDataset items.
+
+    Frames past a length hold the last valid frame.
+    """
+    from sald_fast.features import features_to_positions
+
+    feats = torch.stack([torch.as_tensor(it["features"]) for it in items]).float()
+    if device is not None:
+        feats = feats.to(device)
+    lengths = torch.tensor([int(it["length"]) for it in items], device=feats.device)
+    positions = features_to_positions(feats).float()
+    return _hold_last_frame(positions, lengths), lengths, [str(it["text"]) for it in items]
+
+
+def reference_poses(clips: Sequence[dict], num_frames: int, *, batch_size: int = 64, device=None,
+                    progress: bool = True, desc: str = "reference poses", with_features: bool = False):
+    """Evaluation crops of ``clips``: positions (M, N, 44, 3) CPU, lengths (M,), texts (and
+    features (M, N, 44, 9) when ``with_features``)."""
+    from sald_fast.data.dataset import MotionTextDataset
+
+    dataset = MotionTextDataset(list(clips), num_frames, train=False)
+    pos, lens, texts, feats = [], [], [], []
+    for i in tqdm(range(0, len(dataset), batch_size), desc=desc, disable=not progress, leave=False):
+        items = [dataset[j] for j in range(i, min(i + batch_size, len(dataset)))]
+        p, length, t = positions_of_items(items, device)
+        pos.append(p.cpu())
+        lens.append(length.cpu())
+        texts.extend(t)
+        if with_features:
+            feats.append(torch.stack([torch.as_tensor(it["features"]).float() for it in items]))
+    out = (torch.cat(pos), torch.cat(lens), texts)
+    return out + (torch.cat(feats),) if with_features else out
+
+
+@torch.no_grad()
+def score_poses(evaluator: PoseEvaluator, positions: torch.Tensor, lengths: torch.Tensor, references: Sequence[str],
+                reference_positions: torch.Tensor | None = None, reference_features: torch.Tensor | None = None,
+                *, batch_size: int = 64, progress: bool = True, desc: str = "score") -> dict[str, Any]:
+    """BLEU-4, ROUGE-L, FID (vs the evaluator's training-split fit, and vs ``reference_features``)
+    and MPJPE (vs ``reference_positions``) of poses (M, N, 44, 3); also the translations
+    (``"hypotheses"``) and FID features (``"features"`` (M, E)).
+
+    ``references``: the sentences (normalised here with :meth:`WordTokenizer.normalize`).
+    """
+    if positions.shape[0] != len(references) or lengths.shape[0] != len(references):
+        raise ValueError(f"score_poses: {positions.shape[0]} sequences, {lengths.shape[0]} lengths and "
+                         f"{len(references)} references must agree")
+    device = evaluator.input_mean.device
+    hyps: list[str] = []
+    feats = []
+    for i in tqdm(range(0, positions.shape[0], batch_size), desc=desc, disable=not progress, leave=False):
+        p = positions[i:i + batch_size].to(device)
+        length = lengths[i:i + batch_size].to(device)
+        hyps.extend(evaluator.translate(p, length))
+        feats.append(evaluator.fid_features(p, length).double().cpu())
+    features = torch.cat(feats)
+    refs = [WordTokenizer.normalize(r) for r in references]
+    mu, sigma = gaussian_stats(features)
+    row: dict[str, Any] = {
+        "BLEU-4": bleu4(hyps, refs),
+        "ROUGE-L": rouge_l(hyps, refs),
+        "FID": frechet_distance(mu, sigma, evaluator.real_mu.cpu().numpy(), evaluator.real_sigma.cpu().numpy()),
+    }
+    if reference_features is not None:
+        row["FID (vs test)"] = fid(features, reference_features)
+    if reference_positions is not None:
+        row["MPJPE"] = mpjpe(positions, reference_positions, lengths)
+    return {"row": row, "hypotheses": hyps, "features": features}
+
+
+def generate_poses(model, texts: Sequence[str], lengths: torch.Tensor, num_frames: int, *, seed: int = 0,
+                   steps: int | None = None, guidance: float | None = None, batch_size: int = 32,
+                   progress: bool = True) -> torch.Tensor:
+    """Poses (M, num_frames, 44, 3) generated by a SignSALD for ``texts``, CPU.
+
+    Batch ``b`` (fixed ``batch_size`` chunks in order) uses seed ``seed + b``. The reference
+    lengths are passed to ``generate`` when it accepts ``lengths``; frames past a length hold the
+    last valid frame either way (the metrics ignore them). Positions come from the generated
+    features through the same forward kinematics as the references (default rest offsets).
+    """
+    params = inspect.signature(model.generate).parameters
+    out = []
+    for b, i in enumerate(tqdm(range(0, len(texts), batch_size), desc="generate", disable=not progress, leave=False)):
+        kwargs: dict[str, Any] = {"num_frames": num_frames, "seed": seed + b}
+        if steps is not None:
+            kwargs["steps"] = steps
+        if guidance is not None:
+            kwargs["guidance"] = guidance
+        if "progress" in params:
+            kwargs["progress"] = False
+        length = lengths[i:i + batch_size]
+        if "lengths" in params:
+            kwargs["lengths"] = length.tolist()
+        result = model.generate(list(texts[i:i + batch_size]), **kwargs)
+        feats = getattr(result, "features", None)
+        if feats is not None:  # same forward kinematics (rest offsets) as the references
+            from sald_fast.features import features_to_positions
+
+            p = features_to_positions(feats.detach().float().cpu()[:, :num_frames]).float()
+        else:
+            p = result.positions.detach().float().cpu()[:, :num_frames]
+        out.append(_hold_last_frame(p, length.cpu()))
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def vae_reconstruct(vae, features: torch.Tensor, *, batch_size: int = 32, progress: bool = True) -> torch.Tensor:
+    """Joint positions (M, N, 44, 3) of VAE reconstructions (encoder means) of unnormalised
+    features (M, N, 44, 9), CPU."""
+    from sald_fast.features import features_to_positions
+
+    device = next(vae.parameters()).device
+    out = []
+    for i in tqdm(range(0, features.shape[0], batch_size), desc="VAE reconstruction", disable=not progress, leave=False):
+        x = vae.normalizer.normalize(features[i:i + batch_size].to(device))
+        recon = vae.normalizer.denormalize(vae(x, sample=False)["recon"])
+        out.append(features_to_positions(recon.float()).float().cpu())
+    return torch.cat(out)
+
+
+def reconstruction_mpjpe(vae, clips: Sequence[dict], num_frames: int, *, batch_size: int = 32,
+                         device=None, progress: bool = True) -> float:
+    """The VAE's reconstruction MPJPE (mm, root-aligned) on the evaluation crops of ``clips``."""
+    positions, lengths, _, features = reference_poses(clips, num_frames, batch_size=batch_size, device=device,
+                                                      progress=progress, with_features=True)
+    recon = vae_reconstruct(vae, features, batch_size=batch_size, progress=progress)
+    return mpjpe(recon, positions, lengths)
+
+
+def _load_model(model, device):
+    if model is None or hasattr(model, "generate"):
+        return model
+    from sald_fast.pipeline import SignSALD
+
+    path = Path(model)
+    if (path / "model" / "config.json").exists():
+        path = path / "model"
+    return SignSALD.load(path, device=device) if device is not None else SignSALD.load(path)
+
+
+def evaluate(model, evaluator: PoseEvaluator | str | Path, clips: Sequence[dict], *, num_samples: int | None = None,
+             seed: int = 0, steps: int | None = None, guidance: float | None = None, batch_size: int = 32,
+             device: torch.device | str | None = None, progress: bool = True, include_vae: bool = True) -> dict[str, Any]:
+    """Evaluate a SignSALD (or its run/model folder; ``None``: only the bounds) on test ``clips``.
+
+    Returns dict(rows={row: {BLEU-4, ROUGE-L, FID, FID (vs test), MPJPE}}, settings, examples).
+    """
+    if isinstance(evaluator, (str, Path)):
+        evaluator = PoseEvaluator.load(evaluator, device=device or "cpu")
+    elif device is not None:
+        evaluator = evaluator.to(device)
+    evaluator.eval()
+    if num_samples is not None and (isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1):
+        raise ValueError(f"num_samples must be a positive int or None, got {num_samples!r}")
+    clips = list(clips)[:num_samples] if num_samples is not None else list(clips)
+    if not clips:
+        raise ValueError("evaluate: clips is empty (no test clips)")
+    model = _load_model(model, device)
+    num_frames = evaluator.config.num_frames
+    dev = evaluator.input_mean.device
+    ref_pos, lengths, texts, ref_feats = reference_poses(clips, num_frames, batch_size=batch_size, device=dev,
+                                                         progress=progress, with_features=True)
+    common = dict(batch_size=batch_size, progress=progress)
+    gt = score_poses(evaluator, ref_pos, lengths, texts, ref_pos, **common, desc="score ground truth")
+    gt["row"]["FID (vs test)"] = 0.0
+    candidates: dict[str, torch.Tensor] = {}
+    mean_pose = evaluator.mean_pose.float().cpu()
+    candidates["Mean pose"] = mean_pose.expand_as(ref_pos).clone()
+    if model is not None:
+        if hasattr(model, "eval"):
+            model.eval()
+        candidates["Sign-SALD"] = generate_poses(model, texts, lengths, num_frames, seed=seed, steps=steps,
+                                                 guidance=guidance, batch_size=batch_size, progress=progress)
+        vae = getattr(model, "vae", None)
+        if include_vae and vae is not None:
+            candidates["VAE reconstruction"] = vae_reconstruct(vae, ref_feats, batch_size=batch_size, progress=progress)
+    scored = {name: score_poses(evaluator, pos, lengths, texts, ref_pos, gt["features"], **common,
+                                desc=f"score {name}") for name, pos in candidates.items()}
+    scored["Ground truth"] = gt
+    rows = {name: scored[name]["row"] for name in ROWS if name in scored}
+    examples = [{"reference": WordTokenizer.normalize(texts[i]),
+                 **{name: scored[name]["hypotheses"][i] for name in ROWS if name in scored}}
+                for i in range(min(5, len(texts)))]
+    diffusion = getattr(getattr(model, "config", None), "diffusion", None)  # the defaults generate() used
+    if diffusion is not None:
+        steps = steps if steps is not None else diffusion.sample_steps
+        guidance = guidance if guidance is not None else diffusion.guidance
+    settings = {"num_samples": len(clips), "num_frames": num_frames, "seed": seed, "steps": steps,
+                "guidance": guidance, "batch_size": batch_size, "dataset": evaluator.meta.get("dataset"),
+                "fid_reference": f"training split ({evaluator.meta.get('real_count', '?')} clips)"}
+    return {"rows": rows, "settings": settings, "examples": examples}
+
+
+def format_table(results: dict[str, Any]) -> str:
+    """The paper's Table 1 (Markdown) from :func:`evaluate`'s result."""
+    rows = results["rows"]
+    lines = ["| Methods | " + " | ".join(_HEADER[c] for c in COLUMNS) + " |",
+             "| --- | " + " | ".join("---:" for _ in COLUMNS) + " |"]
+    for name in ROWS:
+        if name in rows:
+            cells = [f"{rows[name][c]:.2f}" if c in rows[name] else "-" for c in COLUMNS]
+            lines.append(f"| {_LABELS.get(name, name)} | " + " | ".join(cells) + " |")
+    s = results.get("settings", {})
+    note = (f"\n{s.get('num_samples', '?')} test sentences of {s.get('dataset') or 'the dataset'}, "
+            f"{s.get('num_frames', '?')} frames; back-translation BLEU-4 / ROUGE-L F1 (0-100); FID against the "
+            f"{s.get('fid_reference', 'training split')}; MPJPE root-aligned. Seed {s.get('seed', 0)}"
+            + (f", {s['steps']} sampling steps" if s.get("steps") else "")
+            + (f", guidance {s['guidance']}" if s.get("guidance") is not None else "") + ".")
+    return "\n".join(lines) + "\n" + note
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def write_results(results: dict[str, Any], run_dir: str | Path) -> tuple[Path, Path]:
+    """Write ``eval.json`` and ``eval.md`` into ``run_dir`` (atomically); returns both paths."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    js, md = run_dir / "eval.json", run_dir / "eval.md"
+    _atomic_write(js, json.dumps(results, indent=2) + "\n")
+    _atomic_write(md, "# Evaluation\n\n" + format_table(results) + "\n")
+    return js, md
+
+
+def evaluate_run(run: str | Path, *, evaluator_dir: str | Path | None = None, num_samples: int | None = None,
+                 steps: int | None = None, seed: int = 0, guidance: float | None = None,
+                 device: torch.device | str | None = None, progress: bool = True, clips: Sequence[dict] | None = None,
+                 batch_size: int = 32) -> str:
+    """Evaluate the run folder of ``python -m train.full`` (its ``model/``) with the evaluator in
+    ``evaluator_dir`` (default ``RUN/evaluator``) on the test split of the evaluator's dataset (or
+    ``clips``); writes ``RUN/eval.json`` and ``RUN/eval.md`` and returns the Markdown table."""
+    run = Path(run)
+    if not run.exists():
+        raise FileNotFoundError(f"run folder {str(run)!r} does not exist")
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    evaluator = PoseEvaluator.load(evaluator_dir or run / "evaluator", device=device)
+    if clips is None:
+        from sald_fast.data import load_clips
+
+        dataset = evaluator.meta.get("dataset")
+        if dataset is None:
+            raise ValueError("the evaluator does not record its dataset: pass clips= (the test split)")
+        root = evaluator.meta.get("data_root")
+        clips = load_clips(dataset, "test", root=root) if dataset == "how2sign" else load_clips(dataset, "test")
+    results = evaluate(run, evaluator, clips, num_samples=num_samples, seed=seed, steps=steps, guidance=guidance,
+                       batch_size=batch_size, device=device, progress=progress)
+    results["settings"]["run"] = str(run)
+    results["settings"]["evaluator"] = str(evaluator_dir or run / "evaluator")
+    write_results(results, run)
+    return format_table(results)
