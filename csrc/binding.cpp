@@ -1,0 +1,365 @@
+// torch.library registration of the sparse skeletal graph convolution (namespace sald_fast_ext).
+//
+// Ops (functional; fake implementations and autograd are registered from Python in
+// sald_fast/ops/extension_backend.py, where symbolic shapes come for free):
+//   graph_conv(h, indptr, indices, w_self, w_neigh, bias?) -> out
+//   graph_conv_backward(grad_out, h, indptr, indices, w_self, w_neigh, has_bias, compute_dh,
+//                       compute_dw) -> (dh, dw_self, dw_neigh, dbias)   (unneeded ones are (0,))
+//   csr_mean_aggregate(x, indptr, indices, transpose) -> A x  (or A^T x)
+// with h (B, N, J, C_in) (any strides), CSR neighbourhoods (indptr (J+1,), indices (nnz,),
+// int32/int64, self loops included, rows sorted), w_* (C_out, C_in), bias (C_out,).
+//
+// Kernels: CPU in csrc/cpu/graph_conv.cpp (fused per tile). CUDA (compiled only with
+// SALD_FAST_WITH_CUDA): the CSR gathers of csrc/cuda/graph_conv.cu build [h | A h] (and A^T g in
+// the backward) and cuBLAS (at::addmm / at::mm) does the products with W_cat = [W_self | W_neigh].
+//
+// Every op validates its arguments here, before any kernel runs: ranks, shapes, dtypes, devices
+// (TypeError / ValueError in Python). CSR contents (range, sorted rows) are checked on the host
+// for CPU tensors on every call (O(nnz)); for CUDA tensors that would cost a device sync, so the
+// public wrapper sald_fast.ops.skeletal_graph_conv checks them (once per CSR) and the CUDA kernels
+// write NaN rather than read out of bounds if a bad CSR slips through.
+
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include <optional>
+#include <sstream>
+#include <tuple>
+
+#ifdef SALD_FAST_WITH_CUDA
+#include <c10/cuda/CUDAStream.h>
+#include <c10/cuda/CUDAGuard.h>
+
+#include "cuda/graph_conv.h"
+#endif
+
+namespace sald_fast_ext {
+
+namespace cpu {
+at::Tensor graph_conv_forward(const at::Tensor& h, const at::Tensor& indptr, const at::Tensor& indices,
+                              const at::Tensor& w_cat, const at::Tensor& bias);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> graph_conv_backward(
+    const at::Tensor& grad_out, const at::Tensor& h, const at::Tensor& indptr, const at::Tensor& indices,
+    const at::Tensor& w_cat, bool has_bias, bool compute_dh, bool compute_dw);
+at::Tensor csr_mean_aggregate(const at::Tensor& x, const at::Tensor& indptr, const at::Tensor& indices,
+                              bool transpose);
+}  // namespace cpu
+
+namespace {
+
+struct Dims {
+  int64_t B, N, J, C_in, C_out, nnz;
+};
+
+bool is_float(const at::Tensor& t) {
+  const auto s = t.scalar_type();
+  return s == at::kFloat || s == at::kDouble || s == at::kHalf || s == at::kBFloat16;
+}
+
+void check_float(const char* op, const char* name, const at::Tensor& t) {
+  TORCH_CHECK_TYPE(t.defined(), op, ": ", name, " is undefined");
+  TORCH_CHECK_TYPE(is_float(t), op, ": ", name, " has dtype ", t.scalar_type(),
+                   "; supported: float32, float16, bfloat16, float64");
+}
+
+void check_same(const char* op, const char* name, const at::Tensor& t, const at::Tensor& ref, const char* ref_name) {
+  TORCH_CHECK_TYPE(t.scalar_type() == ref.scalar_type(), op, ": ", name, " has dtype ", t.scalar_type(), " but ",
+                   ref_name, " has ", ref.scalar_type());
+  TORCH_CHECK_VALUE(t.device() == ref.device(), op, ": ", name, " is on ", t.device(), " but ", ref_name, " is on ",
+                    ref.device());
+}
+
+// CSR structure checks (ranks, dtypes, devices, lengths) for a (B, N, J, C) tensor `x`.
+void check_csr_meta(const char* op, const at::Tensor& x, const at::Tensor& indptr, const at::Tensor& indices) {
+  const char* names[2] = {"indptr", "indices"};
+  const at::Tensor* ts[2] = {&indptr, &indices};
+  for (int q = 0; q < 2; ++q) {
+    const at::Tensor& t = *ts[q];
+    TORCH_CHECK_TYPE(t.defined(), op, ": ", names[q], " is undefined");
+    TORCH_CHECK_TYPE(t.scalar_type() == at::kLong || t.scalar_type() == at::kInt, op, ": ", names[q],
+                     " must be int32 or int64, got ", t.scalar_type());
+    TORCH_CHECK_VALUE(t.dim() == 1, op, ": ", names[q], " must be 1-D, got shape ", t.sizes());
+    TORCH_CHECK_VALUE(t.device() == x.device(), op, ": ", names[q], " is on ", t.device(), " but the input is on ",
+                      x.device());
+  }
+  TORCH_CHECK_VALUE(indptr.numel() == x.size(2) + 1, op, ": indptr has ", indptr.numel(), " entries; the input has J=",
+                    x.size(2), " joints, so it needs ", x.size(2) + 1);
+}
+
+// CSR contents, on the host: indptr starts at 0, ends at nnz, rows non-empty and strictly sorted,
+// indices in [0, J). O(nnz); `ip` and `ix` are int64 contiguous CPU tensors.
+void check_csr_values(const char* op, const at::Tensor& ip, const at::Tensor& ix, int64_t J) {
+  const int64_t* p = ip.data_ptr<int64_t>();
+  const int64_t* q = ix.data_ptr<int64_t>();
+  const int64_t nnz = ix.numel();
+  TORCH_CHECK_VALUE(p[0] == 0 && p[J] == nnz, op, ": indptr must start at 0 and end at nnz=", nnz, ", got ", p[0],
+                    "..", p[J]);
+  for (int64_t i = 0; i < J; ++i) {
+    TORCH_CHECK_VALUE(p[i + 1] > p[i], op, ": CSR row ", i, " is empty or indptr decreases (indptr[", i, "]=", p[i],
+                      ", indptr[", i + 1, "]=", p[i + 1], "); every joint needs its self loop");
+    TORCH_CHECK_VALUE(p[i + 1] <= nnz, op, ": indptr[", i + 1, "]=", p[i + 1], " exceeds nnz=", nnz);
+    for (int64_t e = p[i]; e < p[i + 1]; ++e) {
+      TORCH_CHECK_VALUE(q[e] >= 0 && q[e] < J, op, ": indices must lie in [0, J=", J, "), got ", q[e],
+                        " at position ", e, " (CSR row ", i, ")");
+      TORCH_CHECK_VALUE(e == p[i] || q[e] > q[e - 1], op, ": CSR row ", i, " is not strictly sorted (indices[", e - 1,
+                        "]=", q[e - 1], ", indices[", e, "]=", q[e], ")");
+    }
+  }
+}
+
+Dims check_graph_conv(const char* op, const at::Tensor& h, const at::Tensor& indptr, const at::Tensor& indices,
+                      const at::Tensor& w_self, const at::Tensor& w_neigh, const std::optional<at::Tensor>& bias) {
+  check_float(op, "h", h);
+  TORCH_CHECK_VALUE(h.dim() == 4, op, ": h must be (B, N, J, C_in), got shape ", h.sizes());
+  check_csr_meta(op, h, indptr, indices);
+  check_float(op, "w_self", w_self);
+  check_float(op, "w_neigh", w_neigh);
+  check_same(op, "w_self", w_self, h, "h");
+  check_same(op, "w_neigh", w_neigh, h, "h");
+  TORCH_CHECK_VALUE(w_self.dim() == 2 && w_self.size(1) == h.size(3), op, ": w_self must be (C_out, C_in=", h.size(3),
+                    "), got shape ", w_self.sizes());
+  TORCH_CHECK_VALUE(w_neigh.sizes() == w_self.sizes(), op, ": w_neigh has shape ", w_neigh.sizes(), " but w_self has ",
+                    w_self.sizes());
+  if (bias.has_value() && bias->defined()) {
+    check_float(op, "bias", *bias);
+    check_same(op, "bias", *bias, h, "h");
+    TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == w_self.size(0), op, ": bias must be (C_out=",
+                      w_self.size(0), ",), got shape ", bias->sizes());
+  }
+  return Dims{h.size(0), h.size(1), h.size(2), h.size(3), w_self.size(0), indices.numel()};
+}
+
+void check_grad_out(const char* op, const at::Tensor& grad_out, const at::Tensor& h, const Dims& d) {
+  check_float(op, "grad_out", grad_out);
+  check_same(op, "grad_out", grad_out, h, "h");
+  TORCH_CHECK_VALUE(grad_out.dim() == 4 && grad_out.size(0) == d.B && grad_out.size(1) == d.N &&
+                        grad_out.size(2) == d.J && grad_out.size(3) == d.C_out,
+                    op, ": grad_out must be (B, N, J, C_out) = (", d.B, ", ", d.N, ", ", d.J, ", ", d.C_out,
+                    "), got ", grad_out.sizes());
+}
+
+at::Tensor unit_channel_stride(const at::Tensor& x) {
+  return x.size(3) <= 1 || x.stride(3) == 1 ? x : x.contiguous();
+}
+
+std::pair<at::Tensor, at::Tensor> csr_int64(const at::Tensor& indptr, const at::Tensor& indices) {
+  return {indptr.to(at::kLong).contiguous(), indices.to(at::kLong).contiguous()};
+}
+
+at::ScalarType acc_type(const at::Tensor& h) {
+  return h.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+// ------------------------------------------------------------------------------------------- CPU
+
+at::Tensor graph_conv_cpu(const at::Tensor& h_in, const at::Tensor& indptr, const at::Tensor& indices,
+                          const at::Tensor& w_self, const at::Tensor& w_neigh, const std::optional<at::Tensor>& bias) {
+  const char* op = "sald_fast_ext::graph_conv";
+  const Dims d = check_graph_conv(op, h_in, indptr, indices, w_self, w_neigh, bias);
+  auto [ip, ix] = csr_int64(indptr, indices);
+  check_csr_values(op, ip, ix, d.J);
+  const at::Tensor h = unit_channel_stride(h_in);
+  const at::Tensor w_cat = at::cat({w_self, w_neigh}, 1).to(acc_type(h)).contiguous();
+  const at::Tensor b = bias.has_value() && bias->defined() ? bias->to(acc_type(h)).contiguous() : at::Tensor();
+  return cpu::graph_conv_forward(h, ip, ix, w_cat, b);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> graph_conv_backward_cpu(
+    const at::Tensor& grad_out, const at::Tensor& h_in, const at::Tensor& indptr, const at::Tensor& indices,
+    const at::Tensor& w_self, const at::Tensor& w_neigh, bool has_bias, bool compute_dh, bool compute_dw) {
+  const char* op = "sald_fast_ext::graph_conv_backward";
+  const Dims d = check_graph_conv(op, h_in, indptr, indices, w_self, w_neigh, std::nullopt);
+  check_grad_out(op, grad_out, h_in, d);
+  auto [ip, ix] = csr_int64(indptr, indices);
+  check_csr_values(op, ip, ix, d.J);
+  const at::Tensor h = unit_channel_stride(h_in);
+  const at::Tensor w_cat = at::cat({w_self, w_neigh}, 1).to(acc_type(h)).contiguous();
+  auto [dh, dw_cat, dbias] =
+      cpu::graph_conv_backward(grad_out.contiguous(), h, ip, ix, w_cat, has_bias, compute_dh, compute_dw);
+  at::Tensor dws = at::empty({0}, w_self.options()), dwn = at::empty({0}, w_self.options());
+  if (compute_dw) {
+    dws = dw_cat.narrow(1, 0, d.C_in).to(w_self.scalar_type()).contiguous();
+    dwn = dw_cat.narrow(1, d.C_in, d.C_in).to(w_self.scalar_type()).contiguous();
+  }
+  return {dh, dws, dwn, dbias.to(h.scalar_type())};
+}
+
+at::Tensor csr_mean_aggregate_cpu(const at::Tensor& x_in, const at::Tensor& indptr, const at::Tensor& indices,
+                                  bool transpose) {
+  const char* op = "sald_fast_ext::csr_mean_aggregate";
+  check_float(op, "x", x_in);
+  TORCH_CHECK_VALUE(x_in.dim() == 4, op, ": x must be (B, N, J, C), got shape ", x_in.sizes());
+  check_csr_meta(op, x_in, indptr, indices);
+  auto [ip, ix] = csr_int64(indptr, indices);
+  check_csr_values(op, ip, ix, x_in.size(2));
+  return cpu::csr_mean_aggregate(unit_channel_stride(x_in), ip, ix, transpose);
+}
+
+// ------------------------------------------------------------------------------------------ CUDA
+#ifdef SALD_FAST_WITH_CUDA
+
+sald_gc_dtype gc_dtype(const at::Tensor& t) {
+  switch (t.scalar_type()) {
+    case at::kFloat: return SALD_GC_F32;
+    case at::kHalf: return SALD_GC_F16;
+    case at::kBFloat16: return SALD_GC_BF16;
+    case at::kDouble: return SALD_GC_F64;
+    default: TORCH_CHECK_TYPE(false, "sald_fast_ext: unsupported dtype ", t.scalar_type());
+  }
+  return SALD_GC_F32;
+}
+
+void check_launch(const char* op, const char* err) {
+  TORCH_CHECK(err == nullptr, op, ": CUDA kernel launch failed: ", err);
+}
+
+// Gather args for x (B, N, J, C) (unit channel stride) -> out (rows, out_ld) at out_col.
+sald_gc_gather_args gather_args(const at::Tensor& x, const at::Tensor& out, int64_t out_ld, int64_t out_col,
+                                const at::Tensor& ip, const at::Tensor& ix) {
+  sald_gc_gather_args a{};
+  a.in = x.data_ptr();
+  a.in_sb = x.stride(0);
+  a.in_sn = x.stride(1);
+  a.in_sj = x.stride(2);
+  a.self_in = nullptr;
+  a.self_ld = 0;
+  a.out = out.data_ptr();
+  a.out_ld = out_ld;
+  a.out_col = out_col;
+  a.copy_col = -1;
+  a.rowptr = ip.data_ptr<int64_t>();
+  a.col = ix.data_ptr<int64_t>();
+  a.degptr = ip.data_ptr<int64_t>();
+  a.transposed = 0;
+  a.B = x.size(0);
+  a.N = x.size(1);
+  a.J = x.size(2);
+  a.C = x.size(3);
+  a.nnz = ix.numel();
+  return a;
+}
+
+// X = [h | A h] as (B*N*J, 2 C_in), in h's dtype.
+at::Tensor build_concat_cuda(const char* op, const at::Tensor& h, const at::Tensor& ip, const at::Tensor& ix) {
+  const int64_t C = h.size(3);
+  at::Tensor X = at::empty({h.size(0) * h.size(1) * h.size(2), 2 * C}, h.options());
+  sald_gc_gather_args a = gather_args(h, X, 2 * C, C, ip, ix);
+  a.copy_col = 0;
+  check_launch(op, sald_gc_gather(gc_dtype(h), &a, c10::cuda::getCurrentCUDAStream().stream()));
+  return X;
+}
+
+// (t_rowptr (J+1), t_col (nnz)) of the transposed pattern, computed on the device.
+std::pair<at::Tensor, at::Tensor> transpose_csr_cuda(const char* op, const at::Tensor& ip, const at::Tensor& ix) {
+  const int64_t J = ip.numel() - 1, nnz = ix.numel();
+  at::Tensor ws = at::empty({(J + 1) + nnz + J}, ip.options());
+  at::Tensor t_ip = ws.narrow(0, 0, J + 1), t_ix = ws.narrow(0, J + 1, nnz), cursor = ws.narrow(0, J + 1 + nnz, J);
+  check_launch(op, sald_gc_csr_transpose(ip.data_ptr<int64_t>(), ix.data_ptr<int64_t>(), J, nnz,
+                                         t_ip.data_ptr<int64_t>(), t_ix.data_ptr<int64_t>(),
+                                         cursor.data_ptr<int64_t>(), c10::cuda::getCurrentCUDAStream().stream()));
+  return {t_ip, t_ix};
+}
+
+at::Tensor graph_conv_cuda(const at::Tensor& h_in, const at::Tensor& indptr, const at::Tensor& indices,
+                           const at::Tensor& w_self, const at::Tensor& w_neigh, const std::optional<at::Tensor>& bias) {
+  const char* op = "sald_fast_ext::graph_conv";
+  const Dims d = check_graph_conv(op, h_in, indptr, indices, w_self, w_neigh, bias);
+  const c10::cuda::CUDAGuard guard(h_in.device());
+  auto [ip, ix] = csr_int64(indptr, indices);
+  const at::Tensor h = unit_channel_stride(h_in);
+  const at::Tensor X = build_concat_cuda(op, h, ip, ix);
+  const at::Tensor w_cat_t = at::cat({w_self, w_neigh}, 1).t();  // (2 C_in, C_out)
+  const at::Tensor out = bias.has_value() && bias->defined() ? at::addmm(*bias, X, w_cat_t) : at::mm(X, w_cat_t);
+  return out.view({d.B, d.N, d.J, d.C_out});
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> graph_conv_backward_cuda(
+    const at::Tensor& grad_out, const at::Tensor& h_in, const at::Tensor& indptr, const at::Tensor& indices,
+    const at::Tensor& w_self, const at::Tensor& w_neigh, bool has_bias, bool compute_dh, bool compute_dw) {
+  const char* op = "sald_fast_ext::graph_conv_backward";
+  const Dims d = check_graph_conv(op, h_in, indptr, indices, w_self, w_neigh, std::nullopt);
+  check_grad_out(op, grad_out, h_in, d);
+  const c10::cuda::CUDAGuard guard(h_in.device());
+  auto [ip, ix] = csr_int64(indptr, indices);
+  const at::Tensor h = unit_channel_stride(h_in);
+  const int64_t rows = d.B * d.N * d.J;
+  const at::Tensor D = grad_out.contiguous().view({rows, d.C_out});
+  const at::Tensor w_cat = at::cat({w_self, w_neigh}, 1);  // (C_out, 2 C_in)
+  at::Tensor dh = at::empty({0}, h.options());
+  at::Tensor dws = at::empty({0}, w_self.options()), dwn = at::empty({0}, w_self.options());
+  at::Tensor db = at::empty({0}, h.options());
+  if (compute_dh) {
+    const at::Tensor G = at::mm(D, w_cat);  // (rows, 2 C_in) = [G_self | G_neigh]
+    dh = at::empty({d.B, d.N, d.J, d.C_in}, h.options());
+    if (dh.numel() > 0) {
+      auto [t_ip, t_ix] = transpose_csr_cuda(op, ip, ix);
+      const at::Tensor G_neigh = G.narrow(1, d.C_in, d.C_in).view({d.B, d.N, d.J, d.C_in});  // strided view
+      sald_gc_gather_args a = gather_args(G_neigh, dh, d.C_in, 0, t_ip, t_ix);
+      a.self_in = G.data_ptr();
+      a.self_ld = 2 * d.C_in;
+      a.degptr = ip.data_ptr<int64_t>();
+      a.transposed = 1;
+      check_launch(op, sald_gc_gather(gc_dtype(h), &a, c10::cuda::getCurrentCUDAStream().stream()));
+    }
+  }
+  if (compute_dw) {
+    const at::Tensor X = build_concat_cuda(op, h, ip, ix);
+    const at::Tensor dw_cat = at::mm(D.t(), X);  // (C_out, 2 C_in)
+    dws = dw_cat.narrow(1, 0, d.C_in).contiguous();
+    dwn = dw_cat.narrow(1, d.C_in, d.C_in).contiguous();
+  }
+  if (has_bias) db = D.sum(0);
+  return {dh, dws, dwn, db};
+}
+
+at::Tensor csr_mean_aggregate_cuda(const at::Tensor& x_in, const at::Tensor& indptr, const at::Tensor& indices,
+                                   bool transpose) {
+  const char* op = "sald_fast_ext::csr_mean_aggregate";
+  check_float(op, "x", x_in);
+  TORCH_CHECK_VALUE(x_in.dim() == 4, op, ": x must be (B, N, J, C), got shape ", x_in.sizes());
+  check_csr_meta(op, x_in, indptr, indices);
+  const c10::cuda::CUDAGuard guard(x_in.device());
+  auto [ip, ix] = csr_int64(indptr, indices);
+  const at::Tensor x = unit_channel_stride(x_in);
+  at::Tensor out = at::empty(x.sizes(), x.options());
+  if (out.numel() == 0) return out;
+  if (transpose) {
+    auto [t_ip, t_ix] = transpose_csr_cuda(op, ip, ix);
+    sald_gc_gather_args a = gather_args(x, out, x.size(3), 0, t_ip, t_ix);
+    a.degptr = ip.data_ptr<int64_t>();
+    a.transposed = 1;
+    check_launch(op, sald_gc_gather(gc_dtype(x), &a, c10::cuda::getCurrentCUDAStream().stream()));
+  } else {
+    sald_gc_gather_args a = gather_args(x, out, x.size(3), 0, ip, ix);
+    check_launch(op, sald_gc_gather(gc_dtype(x), &a, c10::cuda::getCurrentCUDAStream().stream()));
+  }
+  return out;
+}
+
+#endif  // SALD_FAST_WITH_CUDA
+
+}  // namespace
+}  // namespace sald_fast_ext
+
+TORCH_LIBRARY(sald_fast_ext, m) {
+  m.set_python_module("sald_fast.ops.extension_backend");
+  m.def("graph_conv(Tensor h, Tensor indptr, Tensor indices, Tensor w_self, Tensor w_neigh, Tensor? bias) -> Tensor");
+  m.def(
+      "graph_conv_backward(Tensor grad_out, Tensor h, Tensor indptr, Tensor indices, Tensor w_self, Tensor w_neigh, "
+      "bool has_bias, bool compute_dh, bool compute_dw) -> (Tensor, Tensor, Tensor, Tensor)");
+  m.def("csr_mean_aggregate(Tensor x, Tensor indptr, Tensor indices, bool transpose) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(sald_fast_ext, CPU, m) {
+  m.impl("graph_conv", &sald_fast_ext::graph_conv_cpu);
+  m.impl("graph_conv_backward", &sald_fast_ext::graph_conv_backward_cpu);
+  m.impl("csr_mean_aggregate", &sald_fast_ext::csr_mean_aggregate_cpu);
+}
+
+#ifdef SALD_FAST_WITH_CUDA
+TORCH_LIBRARY_IMPL(sald_fast_ext, CUDA, m) {
+  m.impl("graph_conv", &sald_fast_ext::graph_conv_cuda);
+  m.impl("graph_conv_backward", &sald_fast_ext::graph_conv_backward_cuda);
+  m.impl("csr_mean_aggregate", &sald_fast_ext::csr_mean_aggregate_cuda);
+}
+#endif
