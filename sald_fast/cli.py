@@ -1,0 +1,112 @@
+"""The ``sald-fast`` command: ``generate`` poses and animations, ``evaluate`` a run.
+
+    sald-fast generate "where is the library?" --checkpoint RUN --out where.mp4
+    sald-fast evaluate --checkpoint RUN
+
+Any problem with the input (missing or corrupted checkpoint, checkpoint from another skeleton,
+empty text, unknown scheduler) prints one line ``error: ...`` and exits with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+__all__ = ["main", "resolve_model_dir"]
+
+
+def resolve_model_dir(checkpoint: str | Path) -> Path:
+    """A run folder (holding ``model/``) or a model folder itself -> the model folder."""
+    path = Path(checkpoint)
+    if (path / "model" / "config.json").exists():
+        return path / "model"
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
+    if not (path / "config.json").exists():
+        raise FileNotFoundError(f"checkpoint {str(path)!r} holds no config.json (and no model/ folder): "
+                                "is it a run folder of `python -m train.full`?")
+    return path
+
+
+def _run_folder(checkpoint: str | Path) -> Path:
+    path = Path(checkpoint)
+    return path.parent if path.name == "model" else path
+
+
+def _generate(args: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
+
+    from .pipeline import SignSALD
+    from .render import save_animation
+
+    out = Path(args.out)
+    if out.suffix.lower() not in (".mp4", ".gif", ".npz"):
+        raise ValueError(f"--out must end in .mp4, .gif or .npz, got {out.name!r}")
+    if not isinstance(args.text, str) or not args.text.strip():
+        raise ValueError("the text to sign is empty")
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model = SignSALD.load(resolve_model_dir(args.checkpoint), device=device)
+    result = model.generate([args.text], num_frames=args.frames, steps=args.steps, guidance=args.guidance,
+                            seed=args.seed, scheduler=args.scheduler, progress=not args.quiet)
+    fps = float(model.config.train.fps)
+    npz = out.with_suffix(".npz")
+    arrays = {k: np.asarray(v[0]) for k, v in result.smplx.items()}
+    arrays["joint_positions"] = result.positions[0].detach().cpu().numpy()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = npz.with_name(f".{npz.stem}.tmp.npz")
+    np.savez(tmp, text=np.array(args.text), fps=np.array(fps), **arrays)
+    tmp.replace(npz)
+    written = [npz]
+    if out.suffix.lower() != ".npz":
+        written.append(save_animation(arrays["joint_positions"], out, fps=fps, title=args.text))
+    print("wrote " + ", ".join(str(p) for p in written))
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from .eval import evaluate_run
+
+    table = evaluate_run(_run_folder(args.checkpoint), num_samples=args.num_samples, steps=args.steps,
+                         seed=args.seed, device=args.device, progress=not args.quiet)
+    print(table)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="sald-fast", description="Sign-SALD: text to sign-language poses.")
+    sub = p.add_subparsers(dest="command", required=True)
+    g = sub.add_parser("generate", help="generate poses (.npz) and an animation (.mp4/.gif) for a text")
+    g.add_argument("text", help="the English sentence to sign")
+    g.add_argument("--checkpoint", required=True, help="run folder of train.full (or its model/ folder)")
+    g.add_argument("--out", required=True, help="output .mp4, .gif or .npz (an .npz is always written beside)")
+    g.add_argument("--steps", type=int, default=None, help="sampling steps (default: the config's, 50 in paper)")
+    g.add_argument("--scheduler", default=None, help="ddim (default), dpm++, ddpm, euler, unipc, ...")
+    g.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--frames", type=int, default=None, help="number of frames (default: the training length)")
+    g.add_argument("--device", default=None)
+    g.add_argument("--quiet", action="store_true", help="no progress bar")
+    e = sub.add_parser("evaluate", help="print the evaluation table of a run (paper Table 1 form)")
+    e.add_argument("--checkpoint", required=True, help="run folder of train.full")
+    e.add_argument("--num-samples", type=int, default=None, help="test sentences to use (default: all)")
+    e.add_argument("--steps", type=int, default=None)
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--device", default=None)
+    e.add_argument("--quiet", action="store_true")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return _generate(args) if args.command == "generate" else _evaluate(args)
+    except (ValueError, FileNotFoundError, KeyError, OSError) as exc:
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"error: {msg}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

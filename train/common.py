@@ -1,0 +1,395 @@
+"""Shared training machinery: arguments, distributed setup, resumable training loop.
+
+A stage (VAE, denoiser) gives :class:`Trainer` a model, a loss function over a batch and a
+dataset; the trainer owns the data order, the optimiser, checkpoints, logs and progress bars.
+
+Resumability: the data order of epoch ``e`` is a permutation drawn from ``seed + e``; every
+optimiser step ``s`` reseeds torch's RNG with ``seed + s`` (noise, timesteps, dropout), so a run
+resumed from its latest checkpoint replays exactly the steps it had not done yet.
+Checkpoints (``STAGE/latest``, ``STAGE/best``) are safetensors + JSON, written atomically.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.distributed as dist
+from tqdm.auto import tqdm
+
+from sald_fast.checkpoint import load_checkpoint, save_checkpoint
+from sald_fast.config import SALDConfig, preset
+
+__all__ = ["add_common_args", "config_from_args", "Dist", "init_distributed", "Trainer", "JsonlLogger",
+           "plot_losses", "resolve_device"]
+
+
+def add_common_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    p.add_argument("--preset", default="tiny", choices=["tiny", "paper"], help="hyper-parameter preset")
+    p.add_argument("--data", default="builtin", choices=["builtin", "how2sign"], help="dataset")
+    p.add_argument("--data-root", default=None, help="How2Sign SMPL-X root folder (see sald_fast.data.how2sign)")
+    # --run-dir first: under torchrun, "--run" is an ambiguous abbreviation of torchrun's --run-path
+    p.add_argument("--run-dir", "--run", dest="run", default=None, help="run folder (default runs/<preset>-<data>)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the models")
+    p.add_argument("--resume", action="store_true", help="continue from the run folder's latest checkpoints")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
+    p.add_argument("--backend", default="auto", choices=["reference", "triton", "cuda", "auto"],
+                   help="sald_fast.ops backend")
+    p.add_argument("--max-steps", type=int, default=None, help="cap optimiser steps per stage")
+    p.add_argument("--ckpt-every", type=int, default=None, help="save STAGE/latest every N optimiser steps")
+    p.add_argument("--epochs-scale", type=float, default=1.0, help="multiply every stage's epochs")
+    p.add_argument("--text-encoder", default=None, choices=["minilm", "clip", "tiny"], help="override the text encoder")
+    p.add_argument("--text-encoder-path", default=None, help="local model folder (CLIP)")
+    p.add_argument("--skip-bad", action="store_true", help="skip bad data files (logged and counted)")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--no-progress", action="store_true", help="disable progress bars")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> SALDConfig:
+    """The run's config: the saved one when resuming, else the preset with overrides."""
+    run = Path(args.run)
+    saved = run / "config.json"
+    if args.resume and saved.exists():
+        return SALDConfig.from_dict(json.loads(saved.read_text()))
+    cfg = preset(args.preset)
+    if args.text_encoder:
+        cfg.text.kind = args.text_encoder
+    if args.text_encoder_path:
+        cfg.text.path = args.text_encoder_path
+    if args.seed is not None:
+        cfg.train.seed = args.seed
+    if args.max_steps is not None:
+        cfg.train.max_steps = args.max_steps
+    if args.ckpt_every is not None:
+        if args.ckpt_every < 1:
+            raise SystemExit(f"error: --ckpt-every must be >= 1, got {args.ckpt_every}")
+        cfg.train.ckpt_every = args.ckpt_every
+    if args.epochs_scale != 1.0:
+        t = cfg.train
+        t.vae_epochs = max(1, round(t.vae_epochs * args.epochs_scale))
+        t.denoiser_epochs = max(1, round(t.denoiser_epochs * args.epochs_scale))
+        t.evaluator_epochs = max(1, round(t.evaluator_epochs * args.epochs_scale))
+    return cfg
+
+
+def default_run_dir(args: argparse.Namespace) -> str:
+    return args.run or os.path.join("runs", f"{args.preset}-{args.data}")
+
+
+def resolve_device(name: str | None, local_rank: int = 0) -> torch.device:
+    if name:
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")
+
+
+@dataclass
+class Dist:
+    """Process-group facts; a single process when not launched by torchrun."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world > 1
+
+    def barrier(self) -> None:
+        if self.enabled:
+            dist.barrier()
+
+
+def init_distributed(device_hint: str | None = None) -> Dist:
+    """Join the torchrun process group (NCCL on GPUs, gloo on CPUs) if WORLD_SIZE > 1."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Dist()
+    rank = int(os.environ["RANK"])
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = torch.cuda.is_available() and (device_hint is None or device_hint.startswith("cuda"))
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    if use_cuda:
+        torch.cuda.set_device(local)
+    return Dist(rank=rank, world=world, local_rank=local)
+
+
+class JsonlLogger:
+    """Appends one JSON object per line (only on the main rank)."""
+
+    def __init__(self, path: Path, enabled: bool = True):
+        self.path = path
+        self.enabled = enabled
+
+    def log(self, **record: Any) -> None:
+        if not self.enabled:
+            return
+        record.setdefault("time", round(time.time(), 3))
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def plot_losses(log_path: Path, out_png: Path) -> None:
+    """Loss curves per stage from the JSON-lines log, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series: dict[str, tuple[list[int], list[float]]] = {}
+    val: dict[str, tuple[list[int], list[float]]] = {}
+    if not log_path.exists():
+        return
+    for line in log_path.read_text().splitlines():
+        try:
+            r = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut by a kill: skip it
+        if "stage" not in r or "step" not in r:
+            continue
+        if "loss" in r:
+            series.setdefault(r["stage"], ([], []))[0].append(r["step"])
+            series[r["stage"]][1].append(r["loss"])
+        if "val_loss" in r:
+            val.setdefault(r["stage"], ([], []))[0].append(r["step"])
+            val[r["stage"]][1].append(r["val_loss"])
+    if not series:
+        return
+    fig, axes = plt.subplots(1, len(series), figsize=(5 * len(series), 3.5), squeeze=False)
+    for ax, (stage, (x, y)) in zip(axes[0], series.items()):
+        ax.plot(x, y, lw=0.8, label="train")
+        if stage in val:
+            ax.plot(*val[stage], "o-", label="val")
+        ax.set_title(stage)
+        ax.set_xlabel("step")
+        ax.set_yscale("log")
+        ax.legend()
+    fig.tight_layout()
+    tmp = out_png.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=90)
+    plt.close(fig)
+    os.replace(tmp, out_png)
+
+
+def _optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Flatten an optimiser state_dict into tensors (safetensors) + JSON-able rest."""
+    sd = opt.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, Any] = {}
+    for pid, state in sd["state"].items():
+        for key, value in state.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"optim.{pid}.{key}"] = value.detach().cpu().contiguous()
+            else:
+                scalars[f"{pid}.{key}"] = value
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def _optimizer_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
+    state: dict[int, dict[str, Any]] = {}
+    for name, value in tensors.items():
+        if name.startswith("optim."):
+            _, pid, key = name.split(".", 2)
+            state.setdefault(int(pid), {})[key] = value
+    for name, value in meta["scalars"].items():
+        pid, key = name.split(".", 1)
+        state.setdefault(int(pid), {})[key] = value
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+class Trainer:
+    """A resumable training loop over epochs of a map-style dataset.
+
+    Args:
+        stage: name used for the checkpoint folder (RUN/stage) and the log.
+        model: the module whose parameters are trained (its state_dict is checkpointed).
+        loss_fn: ``loss_fn(model, batch) -> dict`` with a scalar ``"loss"`` (others logged); it gets
+            the DistributedDataParallel wrapper (or the compiled module) while training.
+        train_set / val_set: datasets; ``collate`` builds batches.
+        epochs, batch_size, lr: schedule; ``max_steps`` caps optimiser steps.
+        extra_state: ``() -> (tensors, meta)`` saved with every checkpoint (e.g. normaliser).
+        val_loss_fn: the validation loss (default: ``loss_fn``).
+    """
+
+    def __init__(self, *, stage: str, run_dir: Path, model: torch.nn.Module, loss_fn: Callable[[torch.nn.Module, Any], dict],
+                 train_set, val_set, collate: Callable, epochs: int, batch_size: int, lr: float,
+                 weight_decay: float = 0.0, grad_clip: float | None = 1.0, max_steps: int | None = None,
+                 ckpt_every: int = 200, seed: int = 0, config: SALDConfig, dist_info: Dist = Dist(),
+                 device: torch.device = torch.device("cpu"), progress: bool = True,
+                 extra_state: Callable[[], tuple[dict, dict]] | None = None,
+                 logger: JsonlLogger | None = None, autocast: bool = False, compile: bool = False,
+                 val_loss_fn: Callable[[torch.nn.Module, Any], dict] | None = None):
+        self.stage, self.run_dir, self.model = stage, Path(run_dir), model
+        self.loss_fn, self.train_set, self.val_set, self.collate = loss_fn, train_set, val_set, collate
+        self.val_loss_fn = val_loss_fn or loss_fn
+        self.epochs, self.batch_size, self.seed = epochs, batch_size, seed
+        self.grad_clip, self.ckpt_every, self.config = grad_clip, ckpt_every, config
+        self.dist, self.device, self.progress = dist_info, device, progress
+        self.extra_state, self.autocast = extra_state, autocast
+        self.logger = logger or JsonlLogger(self.run_dir / "log.jsonl", dist_info.main)
+        params = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+        per_rank = math.ceil(len(train_set) / dist_info.world)
+        self.steps_per_epoch = max(1, per_rank // batch_size)  # drop_last: equal batches on every rank
+        total = self.steps_per_epoch * epochs
+        self.total_steps = min(total, max_steps) if max_steps else total
+        self.step = 0
+        self.best_val = float("inf")
+        self.train_model: torch.nn.Module = model
+        if compile:
+            self.train_model = torch.compile(model)
+        if dist_info.enabled:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            ids = [device.index] if device.type == "cuda" else None
+            # find_unused_parameters: the CFG null token is unused in batches with no dropped text
+            self.train_model = DDP(self.train_model, device_ids=ids, find_unused_parameters=True)
+
+    # --- data order -------------------------------------------------------------------------
+    def _epoch_batches(self, epoch: int) -> list[list[int]]:
+        g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+        perm = torch.randperm(len(self.train_set), generator=g).tolist()
+        mine = perm[self.dist.rank::self.dist.world]
+        return [mine[i * self.batch_size:(i + 1) * self.batch_size] for i in range(self.steps_per_epoch)]
+
+    def _batch(self, dataset, indices: list[int]):
+        batch = self.collate([dataset[i] for i in indices])
+        return _to_device(batch, self.device)
+
+    # --- checkpoints -------------------------------------------------------------------------
+    def _ckpt_dir(self, which: str) -> Path:
+        return self.run_dir / self.stage / which
+
+    def save(self, which: str = "latest", val_loss: float | None = None) -> None:
+        if not self.dist.main:
+            return
+        tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
+        meta: dict[str, Any] = {"stage": self.stage, "step": self.step, "total_steps": self.total_steps,
+                                "best_val": _finite_or_none(self.best_val), "val_loss": _finite_or_none(val_loss)}
+        if which == "latest":
+            otensors, ometa = _optimizer_tensors(self.optimizer)
+            tensors.update(otensors)
+            meta["optimizer"] = ometa
+        if self.extra_state is not None:
+            et, em = self.extra_state()
+            tensors.update({f"extra.{k}": v.detach().cpu().contiguous() for k, v in et.items()})
+            meta["extra"] = em
+        save_checkpoint(self._ckpt_dir(which), tensors, self.config.to_dict(), meta)
+
+    def try_resume(self) -> bool:
+        """Load STAGE/latest if present; True if something was loaded."""
+        path = self._ckpt_dir("latest")
+        if not (path / "config.json").exists():
+            return False
+        tensors, _, meta = load_checkpoint(path)
+        model_sd = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+        self.model.load_state_dict(model_sd, strict=True)
+        self.optimizer.load_state_dict(_optimizer_state(tensors, meta["optimizer"]))
+        self.step = int(meta["step"])
+        self.best_val = float("inf") if meta.get("best_val") is None else float(meta["best_val"])
+        return True
+
+    # --- loop --------------------------------------------------------------------------------
+    @torch.no_grad()
+    def validate(self) -> float:
+        if self.val_set is None or len(self.val_set) == 0:
+            return float("nan")
+        self.model.eval()
+        total, count = 0.0, 0
+        torch.manual_seed(self.seed + 7)
+        for i in range(0, len(self.val_set), self.batch_size):
+            batch = self._batch(self.val_set, list(range(i, min(i + self.batch_size, len(self.val_set)))))
+            with self._autocast():
+                out = self.val_loss_fn(self.model, batch)
+            n = _batch_size(batch)
+            total += float(out["loss"]) * n
+            count += n
+        self.model.train()
+        return total / max(count, 1)
+
+    def _autocast(self):
+        if self.autocast and self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return torch.autocast("cpu", enabled=False)
+
+    def fit(self) -> dict[str, float]:
+        """Run until ``total_steps`` optimiser steps are done (resuming from ``self.step``)."""
+        self.model.train()
+        bar = tqdm(total=self.total_steps, initial=self.step, desc=self.stage, disable=not (self.progress and self.dist.main),
+                   dynamic_ncols=True)
+        last: dict[str, float] = {}
+        while self.step < self.total_steps:
+            epoch, offset = divmod(self.step, self.steps_per_epoch)
+            if hasattr(self.train_set, "set_epoch"):
+                self.train_set.set_epoch(epoch)
+            batches = self._epoch_batches(epoch)
+            for b in range(offset, self.steps_per_epoch):
+                if self.step >= self.total_steps:
+                    break
+                torch.manual_seed(self.seed * 1_000_003 + self.step)
+                batch = self._batch(self.train_set, batches[b])
+                with self._autocast():
+                    out = self.loss_fn(self.train_model, batch)
+                loss = out["loss"]
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"{self.stage}: loss is {float(loss)} at step {self.step}")
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if self.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+                self.optimizer.step()
+                self.step += 1
+                last = {k: float(v) for k, v in out.items() if isinstance(v, torch.Tensor) and v.numel() == 1}
+                self.logger.log(stage=self.stage, step=self.step, epoch=epoch, **last)
+                bar.update(1)
+                bar.set_postfix(loss=f"{last['loss']:.4g}")
+                end_of_epoch = b == self.steps_per_epoch - 1 or self.step == self.total_steps
+                if end_of_epoch:
+                    val = self.validate()
+                    self.logger.log(stage=self.stage, step=self.step, epoch=epoch, val_loss=val)
+                    if val < self.best_val:
+                        self.best_val = val
+                        self.save("best", val_loss=val)
+                if end_of_epoch or self.step % self.ckpt_every == 0:
+                    self.save("latest")
+                    self.dist.barrier()
+        bar.close()
+        if not (self._ckpt_dir("best") / "config.json").exists():
+            self.save("best")
+        return last
+
+
+def _finite_or_none(x: float | None) -> float | None:
+    """JSON has no inf/nan: a value not yet known (no validation run) is stored as null."""
+    return float(x) if x is not None and math.isfinite(x) else None
+
+
+def _batch_size(batch) -> int:
+    for v in batch.values():
+        if isinstance(v, torch.Tensor):
+            return v.shape[0]
+        if isinstance(v, list):
+            return len(v)
+    return 1
+
+
+def _to_device(batch, device: torch.device):
+    if isinstance(batch, dict):
+        return {k: _to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    return batch

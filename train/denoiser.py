@@ -1,0 +1,157 @@
+"""Stage 2: train the denoiser on the frozen VAE's latents.
+
+``python -m train.denoiser [--preset tiny] [--data builtin]`` (needs RUN/vae from ``train.vae``).
+
+Latents (mu, logvar) of every training clip and the text features of every sentence are computed
+once; each step draws z0 = (mu + sigma * eps) * latent_scale, where ``latent_scale`` (stored in the
+VAE's buffer) makes the latents unit-variance for the diffusion schedule.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from sald_fast.checkpoint import load_checkpoint
+from sald_fast.config import SALDConfig
+from sald_fast.denoiser import Denoiser
+from sald_fast.diffusion import GaussianDiffusion
+from sald_fast.text import TextEncoder, build_text_encoder
+from sald_fast.vae import SkeletonVAE
+
+from .common import Dist, Trainer, add_common_args, config_from_args, default_run_dir, init_distributed, resolve_device
+from .data import load_split_datasets, padding_mask
+from .vae import load_vae
+
+__all__ = ["LatentTextDataset", "train_denoiser", "load_denoiser", "main"]
+
+
+class LatentTextDataset(torch.utils.data.Dataset):
+    """Pre-encoded latents with their text: items dict(mu, logvar (N',J',d), length (latent
+    frames), text_index). ``text_features`` (T, L, C) and ``text_mask`` (T, L) are shared tables."""
+
+    def __init__(self, mu, logvar, lengths, text_index, text_features, text_mask):
+        self.mu, self.logvar, self.lengths, self.text_index = mu, logvar, lengths, text_index
+        self.text_features, self.text_mask = text_features, text_mask
+
+    def __len__(self) -> int:
+        return self.mu.shape[0]
+
+    def __getitem__(self, i: int) -> dict:
+        return {"mu": self.mu[i], "logvar": self.logvar[i], "length": self.lengths[i], "text_index": self.text_index[i]}
+
+
+def _collate_latents(items: list[dict]) -> dict:
+    return {k: torch.stack([torch.as_tensor(it[k]) for it in items]) for k in items[0]}
+
+
+@torch.no_grad()
+def encode_dataset(vae: SkeletonVAE, dataset, text_encoder: TextEncoder, device: torch.device,
+                   batch_size: int = 64, progress: bool = True) -> LatentTextDataset:
+    """Encode every item of a MotionTextDataset (eval crops) into latents and text features."""
+    mus, logvars, lengths, texts = [], [], [], []
+    for i in tqdm(range(0, len(dataset), batch_size), desc="encode latents", disable=not progress):
+        items = [dataset[j] for j in range(i, min(i + batch_size, len(dataset)))]
+        x = torch.stack([it["features"] for it in items]).to(device)
+        mu, logvar = vae.encode(vae.normalizer.normalize(x))
+        mus.append(mu.float().cpu())
+        logvars.append(logvar.float().cpu())
+        lengths.extend((it["length"] + 3) // 4 for it in items)
+        texts.extend(it["text"] for it in items)
+    unique = sorted(set(texts))
+    feats, masks = [], []
+    for i in tqdm(range(0, len(unique), 128), desc="encode text", disable=not progress):
+        f, m = text_encoder.encode(unique[i:i + 128])
+        pad = text_encoder.max_tokens - f.shape[1]
+        feats.append(torch.nn.functional.pad(f.float().cpu(), (0, 0, 0, pad)))
+        masks.append(torch.nn.functional.pad(m.cpu(), (0, pad), value=False))
+    where = {t: i for i, t in enumerate(unique)}
+    return LatentTextDataset(torch.cat(mus), torch.cat(logvars), torch.tensor(lengths),
+                             torch.tensor([where[t] for t in texts]), torch.cat(feats), torch.cat(masks))
+
+
+def latent_scale_of(ds: LatentTextDataset) -> float:
+    """1 / std of the valid latent means (so scaled latents have unit variance)."""
+    mask = padding_mask(ds.lengths, ds.mu.shape[1])
+    return float(1.0 / ds.mu[mask].std().clamp_min(1e-4))
+
+
+def train_denoiser(cfg: SALDConfig, args: argparse.Namespace, run_dir: Path, dist_info: Dist, device: torch.device,
+                   vae: SkeletonVAE | None = None, text_encoder: TextEncoder | None = None) -> Denoiser:
+    """Train (or resume) the denoiser; returns the best one (eval mode). Sets ``vae.latent_scale``."""
+    vae = vae if vae is not None else load_vae(run_dir, device, backend=args.backend)
+    text_encoder = text_encoder if text_encoder is not None else build_text_encoder(cfg.text)
+    train_items, val_items, _ = load_split_datasets(cfg, args, train_crops=False)
+    progress = not args.no_progress and dist_info.main
+    train_set = encode_dataset(vae, train_items, text_encoder, device, progress=progress)
+    val_set = encode_dataset(vae, val_items, text_encoder, device, progress=progress)
+    scale = latent_scale_of(train_set)
+    vae.latent_scale.fill_(scale)
+    cfg.denoiser.text_dim = text_encoder.dim
+    torch.manual_seed(cfg.train.seed)  # same initial weights on every run (and every rank)
+    denoiser = Denoiser(cfg.denoiser, backend=args.backend).to(device)
+    diffusion = GaussianDiffusion(cfg.diffusion)
+
+    def loss_fn(model, batch):
+        mu, logvar = batch["mu"], batch["logvar"]
+        z0 = (mu + torch.randn_like(mu) * (0.5 * logvar).exp()) * scale
+        text = train_set.text_features[batch["text_index"].cpu()].to(device)
+        mask = train_set.text_mask[batch["text_index"].cpu()].to(device)
+        loss = diffusion.training_loss(model, z0, text, mask, batch["length"], cfg.denoiser.cond_drop_prob)
+        return {"loss": loss}
+
+    def val_loss_fn(model, batch):
+        mu = batch["mu"] * scale
+        text = val_set.text_features[batch["text_index"].cpu()].to(device)
+        mask = val_set.text_mask[batch["text_index"].cpu()].to(device)
+        return {"loss": diffusion.training_loss(model, mu, text, mask, batch["length"], 0.0)}
+
+    t = cfg.train
+    trainer = Trainer(stage="denoiser", run_dir=run_dir, model=denoiser, loss_fn=loss_fn, train_set=train_set,
+                      val_set=val_set, collate=_collate_latents, epochs=t.denoiser_epochs,
+                      batch_size=t.denoiser_batch, lr=t.lr, weight_decay=t.weight_decay, grad_clip=t.grad_clip,
+                      max_steps=t.max_steps, ckpt_every=t.ckpt_every, seed=t.seed, config=cfg, dist_info=dist_info,
+                      device=device, progress=not args.no_progress, autocast=device.type == "cuda",
+                      compile=args.compile,
+                      extra_state=lambda: ({"latent_scale": vae.latent_scale.detach().cpu()}, {}),
+                      val_loss_fn=val_loss_fn)  # validation: clean mean latents, no condition dropout
+    if args.resume:
+        trainer.try_resume()
+    trainer.fit()
+    dist_info.barrier()
+    return load_denoiser(run_dir, device, backend=args.backend)
+
+
+def load_denoiser(run_dir: Path, device: torch.device | str = "cpu", which: str = "best",
+                  backend: str | None = None) -> Denoiser:
+    """The denoiser of a run folder (RUN/denoiser/best by default), in eval mode."""
+    tensors, config, _ = load_checkpoint(Path(run_dir) / "denoiser" / which)
+    cfg = SALDConfig.from_dict(config)
+    den = Denoiser(cfg.denoiser, backend=backend)
+    den.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}, strict=True)
+    return den.to(device).eval()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = add_common_args(argparse.ArgumentParser(description=__doc__))
+    args = p.parse_args(argv)
+    args.run = default_run_dir(args)
+    dist_info = init_distributed(args.device)
+    device = resolve_device(args.device, dist_info.local_rank)
+    run = Path(args.run)
+    if not (run / "vae" / "best" / "config.json").exists():
+        print(f"error: no trained VAE in {run}/vae/best; run `python -m train.vae --run {run}` first", file=sys.stderr)
+        return 2
+    cfg = SALDConfig.from_dict(json.loads((run / "config.json").read_text())) if (run / "config.json").exists() \
+        else config_from_args(args)
+    train_denoiser(cfg, args, run, dist_info, device)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

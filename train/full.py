@@ -1,0 +1,144 @@
+"""The main job: VAE -> denoiser -> evaluation models -> samples -> evaluation table.
+
+    python -m train.full                               # tiny preset, built-in corpus, CPU: minutes
+    python -m train.full --compile --preset paper --data how2sign --data-root DIR
+    torchrun --nproc_per_node=8 -m train.full --preset paper --data how2sign --data-root DIR
+
+Everything lands in the run folder (default ``runs/<preset>-<data>``): ``config.json``,
+``vae/`` and ``denoiser/`` checkpoints (``latest`` and ``best``), ``model/`` (the final
+SignSALD checkpoint for ``sald-fast generate``), ``evaluator/``, ``samples/``, ``log.jsonl``,
+``loss.png``, ``eval.md`` / ``eval.json``. ``--resume`` skips finished stages and continues the
+interrupted one from its latest checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from sald_fast.text import build_text_encoder
+
+from .common import Dist, JsonlLogger, add_common_args, config_from_args, default_run_dir, init_distributed, plot_losses, resolve_device
+
+__all__ = ["main", "SAMPLE_TEXTS"]
+
+SAMPLE_TEXTS = 4  # test sentences rendered as animations at the end
+
+
+def _done(run: Path, stage: str) -> bool:
+    return (run / stage / "DONE").exists()
+
+
+def _mark_done(run: Path, stage: str, dist_info: Dist, **info) -> None:
+    if dist_info.main:
+        (run / stage).mkdir(parents=True, exist_ok=True)
+        tmp = run / stage / "DONE.tmp"
+        tmp.write_text(json.dumps(info))
+        os.replace(tmp, run / stage / "DONE")
+    dist_info.barrier()
+
+
+def _write_samples(model, run: Path, texts: list[str], num_frames: int, progress: bool) -> list[Path]:
+    import numpy as np
+
+    from sald_fast.render import save_animation
+
+    out_dir = run / "samples"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    result = model.generate(texts, num_frames=num_frames, seed=0, progress=progress)
+    written = []
+    fps = float(model.config.train.fps)
+    for i, text in enumerate(texts):
+        stem = f"sample_{i:02d}"
+        arrays = {k: np.asarray(v[i]) for k, v in result.smplx.items()}
+        arrays["joint_positions"] = result.positions[i].detach().cpu().numpy()
+        np.savez(out_dir / f"{stem}.npz", text=np.array(text), fps=np.array(fps), **arrays)
+        written.append(save_animation(arrays["joint_positions"], out_dir / f"{stem}.mp4", fps=fps, title=text))
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = add_common_args(argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter))
+    p.add_argument("--skip-eval", action="store_true", help="stop after training (no evaluator, samples, table)")
+    args = p.parse_args(argv)
+    args.run = default_run_dir(args)
+    if args.data == "how2sign" and not args.data_root:
+        p.error("--data how2sign needs --data-root DIR (see sald_fast/data/how2sign.py for the layout)")
+    start = time.time()
+    dist_info = init_distributed(args.device)
+    device = resolve_device(args.device, dist_info.local_rank)
+    torch.set_float32_matmul_precision("high")
+    run = Path(args.run)
+    cfg = config_from_args(args)
+    text_encoder = build_text_encoder(cfg.text)
+    cfg.denoiser.text_dim = text_encoder.dim
+    if dist_info.main:
+        run.mkdir(parents=True, exist_ok=True)
+        if not (args.resume and (run / "config.json").exists()):
+            (run / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+            (run / "log.jsonl").unlink(missing_ok=True)
+            for stage in ("vae", "denoiser", "evaluator", "model"):
+                (run / stage / "DONE").unlink(missing_ok=True)
+    dist_info.barrier()
+    log = JsonlLogger(run / "log.jsonl", dist_info.main)
+    log.log(event="start", argv=sys.argv[1:] if argv is None else argv, device=str(device), world=dist_info.world)
+
+    from .denoiser import load_denoiser, train_denoiser
+    from .vae import load_vae, train_vae
+
+    if _done(run, "vae"):
+        vae = load_vae(run, device, backend=args.backend)
+    else:
+        vae = train_vae(cfg, args, run, dist_info, device)
+        _mark_done(run, "vae", dist_info)
+    if _done(run, "denoiser"):
+        denoiser = load_denoiser(run, device, backend=args.backend)
+        from sald_fast.checkpoint import load_checkpoint
+
+        tensors, _, _ = load_checkpoint(run / "denoiser" / "best")
+        vae.latent_scale.copy_(tensors["extra.latent_scale"])
+    else:
+        denoiser = train_denoiser(cfg, args, run, dist_info, device, vae=vae, text_encoder=text_encoder)
+        _mark_done(run, "denoiser", dist_info)
+    if dist_info.main:
+        plot_losses(run / "log.jsonl", run / "loss.png")
+
+    from sald_fast.pipeline import SignSALD
+
+    model = SignSALD(cfg, vae.to(device).eval(), denoiser.to(device).eval(), text_encoder)
+    if dist_info.main:
+        model.save(run / "model")
+    _mark_done(run, "model", dist_info)
+    if args.skip_eval or not dist_info.main:
+        log.log(event="end", seconds=round(time.time() - start, 1))
+        return 0
+
+    from sald_fast.eval import evaluate_run
+    from train.data import load_split_clips
+
+    from .evaluator import train_evaluator
+
+    progress = not args.no_progress
+    if not _done(run, "evaluator"):
+        train_evaluator(cfg, args, run / "evaluator", device=device, progress=progress)
+        _mark_done(run, "evaluator", Dist())
+    test_clips = load_split_clips(args.data, args.data_root, args.skip_bad, "test")
+    texts = [c["text"] for c in test_clips[:SAMPLE_TEXTS]]
+    samples = _write_samples(model, run, texts, cfg.train.num_frames, progress)
+    print("samples: " + ", ".join(str(s) for s in samples))
+    table = evaluate_run(run, device=device, progress=progress)
+    print(table)
+    plot_losses(run / "log.jsonl", run / "loss.png")
+    log.log(event="end", seconds=round(time.time() - start, 1))
+    print(f"done in {time.time() - start:.0f} s; run folder: {run}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

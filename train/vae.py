@@ -1,0 +1,84 @@
+"""Stage 1: train the skeleton-aware VAE. ``python -m train.vae [--preset tiny] [--data builtin]``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from sald_fast.checkpoint import load_checkpoint
+from sald_fast.config import SALDConfig
+from sald_fast.vae import SkeletonVAE
+
+from .common import Dist, Trainer, add_common_args, config_from_args, default_run_dir, init_distributed, resolve_device
+from .data import load_split_datasets, padding_mask
+
+__all__ = ["train_vae", "load_vae", "main"]
+
+
+def _fit_normalizer(vae: SkeletonVAE, train_set, max_items: int = 2000) -> None:
+    n = min(len(train_set), max_items)
+    step = max(1, len(train_set) // n)
+    items = [train_set[i] for i in range(0, len(train_set), step)][:n]
+    feats = torch.stack([it["features"] for it in items])
+    lengths = torch.tensor([it["length"] for it in items])
+    vae.normalizer.fit(feats, mask=padding_mask(lengths, feats.shape[1]))
+
+
+def train_vae(cfg: SALDConfig, args: argparse.Namespace, run_dir: Path, dist_info: Dist, device: torch.device) -> SkeletonVAE:
+    """Train (or resume) the VAE; returns the best VAE (eval mode, frozen)."""
+    train_set, val_set, collate = load_split_datasets(cfg, args)
+    torch.manual_seed(cfg.train.seed)  # same initial weights on every run (and every rank)
+    vae = SkeletonVAE(cfg.vae, backend=args.backend).to(device)
+
+    def loss_fn(model, batch):
+        x = vae.normalizer.normalize(batch["features"])
+        mask = padding_mask(batch["length"], x.shape[1])
+        out = model(x)
+        losses = vae.loss(x, out, mask=mask)
+        losses["loss"] = losses["total"]
+        return losses
+
+    t = cfg.train
+    trainer = Trainer(stage="vae", run_dir=run_dir, model=vae, loss_fn=loss_fn, train_set=train_set,
+                      val_set=val_set, collate=collate, epochs=t.vae_epochs, batch_size=t.vae_batch, lr=t.lr,
+                      weight_decay=t.weight_decay, grad_clip=t.grad_clip, max_steps=t.max_steps,
+                      ckpt_every=t.ckpt_every, seed=t.seed, config=cfg, dist_info=dist_info, device=device,
+                      progress=not args.no_progress, autocast=device.type == "cuda", compile=args.compile)
+    if not (args.resume and trainer.try_resume()):
+        _fit_normalizer(vae, train_set)
+    trainer.fit()
+    dist_info.barrier()
+    return load_vae(run_dir, device, backend=args.backend)
+
+
+def load_vae(run_dir: Path, device: torch.device | str = "cpu", which: str = "best", backend: str | None = None) -> SkeletonVAE:
+    """The VAE of a run folder (RUN/vae/best by default), frozen and in eval mode."""
+    tensors, config, _ = load_checkpoint(Path(run_dir) / "vae" / which)
+    cfg = SALDConfig.from_dict(config)
+    vae = SkeletonVAE(cfg.vae, backend=backend)
+    vae.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}, strict=True)
+    vae.requires_grad_(False)
+    return vae.to(device).eval()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = add_common_args(argparse.ArgumentParser(description=__doc__))
+    args = p.parse_args(argv)
+    args.run = default_run_dir(args)
+    dist_info = init_distributed(args.device)
+    device = resolve_device(args.device, dist_info.local_rank)
+    cfg = config_from_args(args)
+    run = Path(args.run)
+    if dist_info.main:
+        run.mkdir(parents=True, exist_ok=True)
+        (run / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+    train_vae(cfg, args, run, dist_info, device)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
