@@ -99,6 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the ``sald-fast`` command on ``argv`` (default ``sys.argv[1:]``); returns the exit code
+    (0, or 2 with one ``error: ...`` line on stderr for bad input)."""
     args = build_parser().parse_args(argv)
     try:
         return _generate(args) if args.command == "generate" else _evaluate(args)

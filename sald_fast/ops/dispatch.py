@@ -60,6 +60,7 @@ def set_backend(name: str) -> None:
 
 
 def get_backend() -> str:
+    """The process-wide default backend (``reference`` unless changed by :func:`set_backend`)."""
     return _default_backend
 
 
