@@ -68,7 +68,7 @@ def _generate(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     from .eval import evaluate_run
 
-    table = evaluate_run(_run_folder(args.checkpoint), num_samples=args.num_samples, steps=args.steps,
+    table = evaluate_run(_run_folder(args.checkpoint), evaluator_dir=args.evaluator, num_samples=args.num_samples, steps=args.steps,
                          seed=args.seed, device=args.device, progress=not args.quiet)
     print(table)
     return 0
@@ -90,6 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--quiet", action="store_true", help="no progress bar")
     e = sub.add_parser("evaluate", help="print the evaluation table of a run (paper Table 1 form)")
     e.add_argument("--checkpoint", required=True, help="run folder of train.full")
+    e.add_argument("--evaluator", default=None,
+                   help="evaluation models to use (default RUN/evaluator); pass one folder to compare runs fairly")
     e.add_argument("--num-samples", type=int, default=None, help="test sentences to use (default: all)")
     e.add_argument("--steps", type=int, default=None)
     e.add_argument("--seed", type=int, default=0)

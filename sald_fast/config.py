@@ -177,7 +177,7 @@ def _tiny() -> SALDConfig:
                                 max_latent_frames=64),
         diffusion=DiffusionConfig(sample_steps=20),
         text=TextConfig(kind="minilm", max_tokens=24),
-        train=TrainConfig(vae_epochs=8, vae_batch=32, denoiser_epochs=60, denoiser_batch=32,
+        train=TrainConfig(vae_epochs=5, vae_batch=32, denoiser_epochs=18, denoiser_batch=32,
                           evaluator_epochs=15, evaluator_batch=32, num_frames=64, ckpt_every=100),
     )
 

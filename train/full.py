@@ -65,6 +65,8 @@ def _write_samples(model, run: Path, texts: list[str], num_frames: int, progress
 
 def main(argv: list[str] | None = None) -> int:
     p = add_common_args(argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter))
+    p.add_argument("--evaluator", default=None,
+                   help="reuse these evaluation models (a folder from train.evaluator) instead of training RUN/evaluator")
     p.add_argument("--skip-eval", action="store_true", help="stop after training (no evaluator, samples, table)")
     args = p.parse_args(argv)
     args.run = default_run_dir(args)
@@ -125,14 +127,14 @@ def main(argv: list[str] | None = None) -> int:
     from .evaluator import train_evaluator
 
     progress = not args.no_progress
-    if not _done(run, "evaluator"):
+    if args.evaluator is None and not _done(run, "evaluator"):
         train_evaluator(cfg, args, run / "evaluator", device=device, progress=progress)
         _mark_done(run, "evaluator", Dist())
     test_clips = load_split_clips(args.data, args.data_root, args.skip_bad, "test")
     texts = [c["text"] for c in test_clips[:SAMPLE_TEXTS]]
     samples = _write_samples(model, run, texts, cfg.train.num_frames, progress)
     print("samples: " + ", ".join(str(s) for s in samples))
-    table = evaluate_run(run, device=device, progress=progress)
+    table = evaluate_run(run, evaluator_dir=args.evaluator, device=device, progress=progress)
     print(table)
     plot_losses(run / "log.jsonl", run / "loss.png")
     log.log(event="end", seconds=round(time.time() - start, 1))
