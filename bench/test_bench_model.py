@@ -1,0 +1,319 @@
+"""The whole model: each fast path next to the eager reference and ``torch.compile`` of the reference.
+
+Groups (randomly initialised models, the ``tiny`` text encoder kind: nothing is downloaded):
+
+- ``denoiser forward``: the paper denoiser (D=256, 8 layers, 8 heads), inference (no grad) on
+  z_t (B, N'=64, J'=7, 16) as a sampling step calls it (keys/values of 32 text tokens
+  precomputed, every frame valid); B=64 on CUDA, 4 on the CPU. The same (compiled) module serves
+  the sampling benchmarks, compiled with ``dynamic=None``: the forward's batch compiles static,
+  the sampling batches share one recompile with a symbolic batch.
+- ``denoiser training step``: ``GaussianDiffusion.training_loss`` (random t, eps-MSE, condition
+  dropped with p=0.1, per-sample lengths) + backward + Adam step, same shapes.
+- ``vae training step``: the paper VAE (channels 96/176/352), forward + loss (features, FK
+  positions, velocities, KL) + backward + Adam step on x (B, N, 44, 9): B=128, N=256 on CUDA;
+  B=8, N=128 on the CPU.
+- ``vae decode``: latents (B, 64, 7, 16) -> features (B, 256, 44, 9); B=64 on CUDA, 1 (one
+  sentence) on the CPU.
+- ``sampling``: ``SignSALD.generate`` end to end (text encoding with the prompt cache cleared,
+  DDIM-50 with classifier-free guidance, VAE decode, forward kinematics, SMPL-X parameters) for
+  one sentence and for a batch of 64, with the preset's clip length (tiny 64 frames, paper 256).
+  CUDA: the paper preset. CPU: tiny (1 and 64 sentences) and paper (1 sentence); a batch of 64
+  with the paper preset would take many minutes per call on a small CPU and is skipped, and the
+  batch of 64 is timed on the reference only.
+
+Implementations: ``reference`` (backend "reference", eager), ``compiled_reference``
+(``torch.compile`` of that model, inductor), ``fast`` (backend "auto": the Triton kernels on
+CUDA, the C++/CUDA graph convolution) and, on CUDA, ``compiled_fast`` and (sampling)
+``compiled_fast_cudagraphs`` (mode "reduce-overhead"). ``fast`` is skipped where it would run the
+same code as the reference (the denoiser on the CPU: its Triton ops need a GPU); so is the
+compiled denoiser training step on the CPU (minutes of compilation, nothing fast to compare).
+On CUDA the models run under bf16 autocast with fp32 weights, as ``train/`` does; on the CPU in
+fp32. Under ``--benchmark-disable`` everything runs once on the tiny preset, shrunk further.
+
+FLOPs are counted from shapes (``torch.utils.flop_counter``) on the reference at batch 1 and
+scaled by the batch; no byte count (the roofline share is the matmul-rate one).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+from torch import nn
+
+from bench._common import CUDA, DEVICE, autocast, compiled, count_flops
+from sald_fast import preset
+from sald_fast.config import SALDConfig, TextConfig
+from sald_fast.denoiser import Denoiser
+from sald_fast.diffusion import GaussianDiffusion
+from sald_fast.ops import dispatch
+from sald_fast.pipeline import SignSALD
+from sald_fast.text import build_text_encoder
+from sald_fast.vae import SkeletonVAE
+
+IMPLS = ["reference", "compiled_reference", "fast", "compiled_fast"]
+DENOISER_OPS = ("film_residual_layernorm", "temporal_attention", "skeletal_attention")
+VAE_OPS = ("skeletal_graph_conv",)
+PRECISION = "bf16 autocast, fp32 weights" if CUDA else "fp32"
+
+
+def pytest_generate_tests(metafunc):
+    if "case" in metafunc.fixturenames:  # sampling: (preset, number of sentences)
+        smoke = metafunc.config.getoption("benchmark_disable", default=False)
+        cases = [("tiny", 2)] if smoke else [("tiny", 1), ("tiny", 64), ("paper", 1), ("paper", 64)]
+        metafunc.parametrize("case", cases, ids=[f"{p}-{b}" for p, b in cases])
+
+
+def _config(name: str, smoke: bool) -> SALDConfig:
+    """The preset with the ``tiny`` text encoder kind at the denoiser's text width (shrunk further in the smoke run)."""
+    cfg = preset(name)
+    if smoke:
+        cfg.denoiser.text_dim = 32
+        cfg.denoiser.num_layers = 2
+        cfg.train.num_frames = 16
+    cfg.text = TextConfig(kind="tiny", max_tokens=12 if smoke else cfg.text.max_tokens,
+                          tiny_dim=cfg.denoiser.text_dim, seed=0)
+    return cfg
+
+
+def _fast_differs(ops: tuple[str, ...]) -> bool:
+    """Whether backend "auto" runs anything but the reference for ``ops`` on this device."""
+    device = torch.device(DEVICE)
+    return any(dispatch.resolve(op, "auto", device) is not dispatch.resolve(op, "reference", device) for op in ops)
+
+
+def _check_impl(impl: str, ops: tuple[str, ...], smoke: bool) -> str:
+    """The ops backend of ``impl``; skips the implementations that do not apply here."""
+    if impl.startswith(("fast", "compiled_fast")) and not _fast_differs(ops):
+        pytest.skip(f"fast = reference on {DEVICE}: no {DEVICE} fast path for {', '.join(ops)}")
+    if impl.startswith("compiled_fast") and not CUDA:
+        pytest.skip("compiled fast path: CUDA only (on the CPU its compile time would dominate the run)")
+    if impl == "compiled_fast_cudagraphs" and not CUDA:
+        pytest.skip("CUDA graphs (reduce-overhead) need a GPU")
+    return "reference" if impl.endswith("reference") else "auto"
+
+
+def _callable(module: nn.Module, impl: str, compile_backend: str, dynamic: bool | None = False):
+    """``module`` itself, or its compiled form for the compiled implementations."""
+    if impl == "compiled_fast_cudagraphs":
+        return _MarkStep(compiled(module, compile_backend, mode="reduce-overhead", dynamic=dynamic))
+    return compiled(module, compile_backend, dynamic=dynamic) if impl.startswith("compiled") else module
+
+
+class _MarkStep(nn.Module):
+    """A compiled (reduce-overhead) denoiser that starts a new CUDA-graph step at every call."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def encode_text(self, *args, **kwargs):
+        return self.inner.encode_text(*args, **kwargs)
+
+    def forward(self, *args, **kwargs):
+        torch.compiler.cudagraph_mark_step_begin()
+        return self.inner(*args, **kwargs)
+
+
+def _flops(smoke: bool, fn) -> int:
+    """FLOPs of ``fn()`` counted from shapes; 0 in the smoke run (nothing is timed there)."""
+    return 0 if smoke else count_flops(fn)
+
+
+def _first(inputs: tuple, n: int = 1) -> tuple:
+    """The first ``n`` samples of every tensor in ``inputs``."""
+    return tuple(x[:n] if isinstance(x, torch.Tensor) else x for x in inputs)
+
+
+@functools.lru_cache(maxsize=None)
+def _model(kind: str, name: str, backend: str, smoke: bool) -> nn.Module:
+    """A seeded model on the device, one per kind ("denoiser", "denoiser_train", "vae", "vae_train",
+    "text"), preset and backend: the same weights for every backend. The inference models serve
+    their own benchmarks and the sampling pipelines (so compiled code is shared where shapes allow)."""
+    cfg = _config(name, smoke)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        if kind.startswith("denoiser"):
+            model = Denoiser(cfg.denoiser, backend=backend)
+        elif kind.startswith("vae"):
+            model = SkeletonVAE(cfg.vae, backend=backend)
+        else:
+            model = build_text_encoder(cfg.text)
+    model = model.to(DEVICE)
+    return model.train() if kind.endswith("train") else model.eval()
+
+
+def _pipeline(name: str, impl: str, backend: str, smoke: bool, compile_backend: str) -> SignSALD:
+    """SignSALD from the cached inference models; the compiled implementations compile its denoiser
+    (dynamic=None: one recompile with a symbolic batch serves every batch size after the first)."""
+    denoiser = _callable(_model("denoiser", name, backend, smoke), impl, compile_backend, dynamic=None)
+    return SignSALD(_config(name, smoke), _model("vae", name, backend, smoke), denoiser,
+                    _model("text", name, "reference", smoke)).eval()
+
+
+def _denoiser_inputs(cfg: SALDConfig, batch: int, frames: int, seed: int = 0) -> tuple:
+    """(z_t, t, text, text_mask, lengths) for the denoiser."""
+    g = torch.Generator().manual_seed(seed)
+    d, L = cfg.denoiser, cfg.text.max_tokens
+    z = torch.randn(batch, frames, d.num_atoms, d.latent_dim, generator=g)
+    t = torch.randint(0, cfg.diffusion.num_train_steps, (batch,), generator=g)
+    text = torch.randn(batch, L, d.text_dim, generator=g)
+    mask = torch.arange(L)[None] < torch.randint(2, L + 1, (batch, 1), generator=g)
+    lengths = torch.randint(max(1, frames // 2), frames + 1, (batch,), generator=g)
+    return tuple(x.to(DEVICE) for x in (z, t, text, mask, lengths))
+
+
+def _denoiser_shape(smoke: bool) -> tuple[str, int, int]:
+    return ("tiny", 2, 4) if smoke else ("paper", 64 if CUDA else 4, 64)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_denoiser_forward(timer, smoke, compile_backend, impl):
+    """One sampling step's call: text keys/values precomputed (``encode_text``), every frame valid."""
+    name, B, frames = _denoiser_shape(smoke)
+    backend = _check_impl(impl, DENOISER_OPS, smoke)
+    cfg = _config(name, smoke)
+    module = _model("denoiser", name, backend, smoke)
+    net = _callable(module, impl, compile_backend, dynamic=None)  # the object sampling uses too
+    z, t, text, mask, _ = _denoiser_inputs(cfg, B, frames)
+
+    def forward(model, z, t, context):
+        with torch.no_grad(), autocast():
+            return model(z, t, text_context=context)
+
+    def context(model, n):
+        with torch.no_grad(), autocast():
+            return model.encode_text(text[:n], mask[:n])
+
+    reference = functools.partial(_model, "denoiser", name, "reference", smoke)
+    flops = B * _flops(smoke, lambda: forward(reference(), z[:1], t[:1], context(reference(), 1)))
+    eps = timer(functools.partial(forward, net), [(z, t, context(module, B))],
+                group=f"denoiser forward ({name}, B={B}, N'={frames})", impl=impl, flops=flops,
+                warmup=2 if impl.startswith("compiled") else 1, precision=PRECISION,
+                shape=f"B={B}, N'={frames}, J'={cfg.denoiser.num_atoms}, D={cfg.denoiser.dim}, "
+                      f"{cfg.denoiser.num_layers} layers, {cfg.text.max_tokens} text tokens (keys/values precomputed)")
+    assert eps.shape == z.shape and torch.isfinite(eps).all()
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_denoiser_training_step(timer, smoke, compile_backend, impl):
+    name, B, frames = _denoiser_shape(smoke)
+    backend = _check_impl(impl, DENOISER_OPS, smoke)
+    if impl == "compiled_reference" and not CUDA and not smoke:
+        pytest.skip("denoiser training step, compiled, on the CPU: minutes of compilation and no CPU fast path to compare")
+    cfg = _config(name, smoke)
+    diffusion = GaussianDiffusion(cfg.diffusion).to(DEVICE)
+
+    def make_step(module: nn.Module, net):
+        optimizer = torch.optim.Adam(module.parameters(), lr=1e-5)
+
+        def step(z0, t, text, mask, lengths):
+            with autocast():
+                loss = diffusion.training_loss(net, z0, text, mask, lengths, cfg.denoiser.cond_drop_prob)
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            return loss.detach()
+
+        return step
+
+    module = _model("denoiser_train", name, backend, smoke)
+    inputs = _denoiser_inputs(cfg, B, frames)
+    reference = functools.partial(_model, "denoiser_train", name, "reference", smoke)
+    flops = B * _flops(smoke, lambda: make_step(reference(), reference())(*_first(inputs)))
+    loss = timer(make_step(module, _callable(module, impl, compile_backend)), [inputs],
+                 group=f"denoiser training step ({name}, B={B}, N'={frames})", impl=impl, flops=flops,
+                 warmup=2 if impl.startswith("compiled") else 1, precision=PRECISION,
+                 shape=f"B={B}, N'={frames}, J'={cfg.denoiser.num_atoms}, D={cfg.denoiser.dim}, forward+loss+backward+Adam")
+    assert torch.isfinite(loss)
+
+
+def _vae_train_shape(smoke: bool) -> tuple[str, int, int]:
+    return ("tiny", 2, 8) if smoke else ("paper", 128, 256) if CUDA else ("paper", 8, 128)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_vae_training_step(timer, smoke, compile_backend, impl):
+    name, B, N = _vae_train_shape(smoke)
+    backend = _check_impl(impl, VAE_OPS, smoke)
+    cfg = _config(name, smoke)
+
+    def make_step(module: nn.Module, net):
+        optimizer = torch.optim.Adam(module.parameters(), lr=1e-5)
+
+        def step(x):
+            with autocast():
+                out = net(x)
+                loss = module.loss(x, out)["total"]
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            return loss.detach()
+
+        return step
+
+    module = _model("vae_train", name, backend, smoke)
+    x = torch.randn(B, N, 44, 9, generator=torch.Generator().manual_seed(0)).to(DEVICE)
+    reference = functools.partial(_model, "vae_train", name, "reference", smoke)
+    flops = B * _flops(smoke, lambda: make_step(reference(), reference())(x[:1]))
+    loss = timer(make_step(module, _callable(module, impl, compile_backend)), [(x,)],
+                 group=f"vae training step ({name}, B={B}, N={N})", impl=impl, flops=flops,
+                 warmup=2 if impl.startswith("compiled") else 1, precision=PRECISION,
+                 shape=f"B={B}, N={N}, J=44, channels {cfg.vae.channels}, forward+loss+backward+Adam")
+    assert torch.isfinite(loss)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_vae_decode(timer, smoke, compile_backend, impl):
+    name, B, frames = ("tiny", 1, 2) if smoke else ("paper", 64 if CUDA else 1, 64)
+    backend = _check_impl(impl, VAE_OPS, smoke)
+    cfg = _config(name, smoke)
+    vae = _model("vae", name, backend, smoke)
+    decode = compiled(vae.decode, compile_backend) if impl.startswith("compiled") else vae.decode
+    z = torch.randn(B, frames, cfg.vae.num_atoms, cfg.vae.latent_dim, generator=torch.Generator().manual_seed(0))
+
+    def step(fn, latents):
+        with torch.no_grad(), autocast():
+            return fn(latents)
+
+    flops = B * _flops(smoke, lambda: step(_model("vae", name, "reference", smoke).decode, z[:1].to(DEVICE)))
+    out = timer(functools.partial(step, decode), [(z.to(DEVICE),)], group=f"vae decode ({name}, B={B}, N'={frames})",
+                impl=impl, flops=flops, warmup=2 if impl.startswith("compiled") else 1, precision=PRECISION,
+                shape=f"latents ({B}, {frames}, {cfg.vae.num_atoms}, {cfg.vae.latent_dim}) -> ({B}, {4 * frames}, 44, 9)")
+    assert out.shape == (B, 4 * frames, 44, 9) and torch.isfinite(out).all()
+
+
+SENTENCES = ["where is the library?", "thank you very much", "the weather is cold today", "good morning, my friend"]
+
+
+@pytest.mark.parametrize("impl", IMPLS + ["compiled_fast_cudagraphs"])
+def test_sampling(timer, smoke, compile_backend, impl, case):
+    name, batch = case
+    if CUDA and name == "tiny" and not smoke:
+        pytest.skip("sampling with the tiny preset: timed on the CPU only (the GPU report covers the paper preset)")
+    if not CUDA and not smoke and (name, batch) == ("paper", 64):
+        pytest.skip("sampling 64 sentences with the paper preset on the CPU: many minutes per DDIM-50 call")
+    if not CUDA and not smoke and batch > 1 and impl != "reference":
+        pytest.skip("sampling a batch on the CPU: the reference only (the one-sentence cases compare implementations)")
+    backend = _check_impl(impl, DENOISER_OPS + VAE_OPS, smoke)
+    cfg = _config(name, smoke)
+    pipe = _pipeline(name, impl, backend, smoke, compile_backend)
+    steps, frames = (2, cfg.train.num_frames) if smoke else (50, cfg.train.num_frames)
+    texts = [f"{SENTENCES[i % len(SENTENCES)]} ({i})" if batch > 1 else SENTENCES[0] for i in range(batch)]
+
+    def generate(model: SignSALD, prompts: list[str], num_steps: int) -> torch.Tensor:
+        model.text_encoder.clear_cache()  # the prompt's encoding is part of the latency
+        with autocast():
+            return model.generate(prompts, num_frames=frames, steps=num_steps, seed=0).positions
+
+    reference = functools.partial(_pipeline, name, "reference", "reference", smoke, compile_backend)
+    one_step, two_steps = (_flops(smoke, lambda: generate(reference(), texts[:1], n)) for n in (1, 2))
+    per_step = two_steps - one_step
+    flops = batch * (one_step - per_step + steps * per_step)
+    positions = timer(functools.partial(generate, pipe, texts, steps), [()],
+                      group=f"sampling {name}, {batch} sentence{'s' if batch > 1 else ''} (DDIM-{steps}, {frames} frames)",
+                      impl=impl, flops=flops, warmup=3 if impl.endswith("cudagraphs") else 2 if impl.startswith("compiled") else 1,
+                      precision=PRECISION, steps=steps, guidance=cfg.diffusion.guidance,
+                      shape=f"{batch} x {frames} frames, DDIM-{steps}, CFG (denoiser batch {2 * batch})")
+    assert positions.shape == (batch, frames, 44, 3) and torch.isfinite(positions).all()
