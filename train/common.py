@@ -353,7 +353,7 @@ class Trainer:
                     torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
                 self.optimizer.step()
                 self.step += 1
-                last = {k: float(v) for k, v in out.items() if isinstance(v, torch.Tensor) and v.numel() == 1}
+                last = {k: float(v.detach()) for k, v in out.items() if isinstance(v, torch.Tensor) and v.numel() == 1}
                 self.logger.log(stage=self.stage, step=self.step, epoch=epoch, **last)
                 bar.update(1)
                 bar.set_postfix(loss=f"{last['loss']:.4g}")
