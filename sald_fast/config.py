@@ -116,6 +116,7 @@ class TrainConfig:
     evaluator_epochs: int = 30
     evaluator_batch: int = 64
     lr: float = 1e-3
+    lr_schedule: str = "constant"  # "constant" (the paper) or "cosine" (decay to 10% over the stage)
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     num_frames: int = 64  # training crop length in frames (multiple of 4)
@@ -144,6 +145,8 @@ class SALDConfig:
             raise ValueError(
                 f"vae.latent_dim ({self.vae.latent_dim}) != denoiser.latent_dim ({self.denoiser.latent_dim})"
             )
+        if self.train.lr_schedule not in ("constant", "cosine"):
+            raise ValueError(f"train.lr_schedule must be 'constant' or 'cosine', got {self.train.lr_schedule!r}")
         if self.train.num_frames % 4 != 0:
             raise ValueError(f"train.num_frames must be a multiple of 4, got {self.train.num_frames}")
 

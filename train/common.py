@@ -232,7 +232,7 @@ class Trainer:
                  device: torch.device = torch.device("cpu"), progress: bool = True,
                  extra_state: Callable[[], tuple[dict, dict]] | None = None,
                  logger: JsonlLogger | None = None, autocast: bool = False, compile: bool = False,
-                 val_loss_fn: Callable[[torch.nn.Module, Any], dict] | None = None):
+                 val_loss_fn: Callable[[torch.nn.Module, Any], dict] | None = None, lr_schedule: str = "constant"):
         self.stage, self.run_dir, self.model = stage, Path(run_dir), model
         self.loss_fn, self.train_set, self.val_set, self.collate = loss_fn, train_set, val_set, collate
         self.val_loss_fn = val_loss_fn or loss_fn
@@ -243,6 +243,7 @@ class Trainer:
         self.logger = logger or JsonlLogger(self.run_dir / "log.jsonl", dist_info.main)
         params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+        self.base_lr, self.lr_schedule = lr, lr_schedule
         per_rank = math.ceil(len(train_set) / dist_info.world)
         self.steps_per_epoch = max(1, per_rank // batch_size)  # drop_last: equal batches on every rank
         total = self.steps_per_epoch * epochs
@@ -258,6 +259,13 @@ class Trainer:
             ids = [device.index] if device.type == "cuda" else None
             # find_unused_parameters: the CFG null token is unused in batches with no dropped text
             self.train_model = DDP(self.train_model, device_ids=ids, find_unused_parameters=True)
+
+    def lr_at(self, step: int) -> float:
+        """Learning rate of optimiser step ``step`` (0-based): constant, or cosine from ``lr`` to 10%."""
+        if self.lr_schedule == "constant":
+            return self.base_lr
+        progress = min(step / max(self.total_steps - 1, 1), 1.0)
+        return self.base_lr * (0.1 + 0.45 * (1 + math.cos(math.pi * progress)))
 
     # --- data order -------------------------------------------------------------------------
     def _epoch_batches(self, epoch: int) -> list[list[int]]:
@@ -349,6 +357,8 @@ class Trainer:
                     raise FloatingPointError(f"{self.stage}: loss is {float(loss)} at step {self.step}")
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                for group in self.optimizer.param_groups:  # a function of the step: resumes exactly
+                    group["lr"] = self.lr_at(self.step)
                 if self.grad_clip:
                     torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
                 self.optimizer.step()

@@ -114,7 +114,7 @@ def train_denoiser(cfg: SALDConfig, args: argparse.Namespace, run_dir: Path, dis
     t = cfg.train
     trainer = Trainer(stage="denoiser", run_dir=run_dir, model=denoiser, loss_fn=loss_fn, train_set=train_set,
                       val_set=val_set, collate=_collate_latents, epochs=t.denoiser_epochs,
-                      batch_size=t.denoiser_batch, lr=t.lr, weight_decay=t.weight_decay, grad_clip=t.grad_clip,
+                      batch_size=t.denoiser_batch, lr=t.lr, lr_schedule=t.lr_schedule, weight_decay=t.weight_decay, grad_clip=t.grad_clip,
                       max_steps=t.max_steps, ckpt_every=t.ckpt_every, seed=t.seed, config=cfg, dist_info=dist_info,
                       device=device, progress=not args.no_progress, autocast=device.type == "cuda",
                       compile=args.compile,
