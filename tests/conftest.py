@@ -1,4 +1,4 @@
-"""Test-session settings: one intra-op thread (the CI machine has 2 cores and many small ops run
+"""Test-session settings (one place for the whole suite): one intra-op thread (the CI machine has 2 cores and many small ops run
 faster unthreaded) and Triton's interpreter when there is no GPU, set before Triton is imported."""
 
 import os

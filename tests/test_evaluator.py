@@ -17,15 +17,6 @@ from sald_fast.eval.models import PoseEvaluator, evaluator_config
 NUM_FRAMES = 32
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one thread is faster and immune to a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _tiny_config():
     return evaluator_config("tiny", NUM_FRAMES, dim=32, num_heads=2, encoder_layers=1, decoder_layers=1,
                             embed_dim=8, max_tokens=8, dropout=0.1)

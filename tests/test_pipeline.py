@@ -26,17 +26,8 @@ def small_config():
     return cfg
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread (and a shared CI box does not oversubscribe)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
-def model(one_thread) -> SignSALD:
+def model() -> SignSALD:
     m = SignSALD.from_config(small_config(), seed=0)
     m.vae.latent_scale.fill_(0.7)  # non-trivial, so save/load must carry it
     return m.eval()

@@ -13,17 +13,8 @@ from sald_fast.text import (CLIPTextEncoder, MiniLMEncoder, TextEncoder, TinyTex
                             minilm_path)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small models run fastest on one thread (and a shared CI box does not oversubscribe)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
-def minilm(one_thread) -> MiniLMEncoder:
+def minilm() -> MiniLMEncoder:
     return build_text_encoder(TextConfig(kind="minilm", max_tokens=12))
 
 

@@ -37,15 +37,6 @@ def smooth_features(B: int, N: int, seed: int = 0) -> torch.Tensor:
     return smplx_to_features(aa[:, :, 0], aa[:, :, 1:22], aa[:, :, 22:37], aa[:, :, 37:52], transl)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one intra-op thread is faster and far less noisy on a shared CPU."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 # -- shapes and dtypes ---------------------------------------------------------------------
 @pytest.mark.parametrize("num_atoms,B,N", [(7, 1, 4), (7, 3, 16), (7, 1, 36), (7, 3, 36), (5, 3, 16), (5, 1, 36),
                                            (9, 1, 4), (9, 3, 36)])
