@@ -27,6 +27,9 @@ Splits hold out sentences: no sentence is in two splits, and every sign appears 
 Generation is vectorised numpy (a few seconds for the default 3000/200/200 sentences) and the
 result is cached on disk as a versioned ``.npz`` (arrays only) under ``$SALD_FAST_CACHE`` or
 ``~/.cache/sald_fast``.
+
+:func:`alternate_renditions` signs given clips' sentences again with another signer variation
+(what a perfect model could produce; the evaluation's "Another signing, same sentence" row).
 """
 
 from __future__ import annotations
@@ -48,7 +51,7 @@ import numpy as np
 
 from sald_fast.skeleton import SIGNING_SKELETON
 
-from .dataset import aa_to_quat, matrix_to_quat, quat_mul, quat_to_aa
+from .dataset import aa_to_quat, matrix_to_quat, quat_mul, quat_to_aa, resample_clip
 
 __all__ = [
     "VERSION",
@@ -60,6 +63,7 @@ __all__ = [
     "sentence_pool",
     "sentence_to_glosses",
     "synthesize",
+    "alternate_renditions",
     "builtin_corpus",
     "default_cache_dir",
 ]
@@ -858,6 +862,78 @@ def synthesize(glosses: Sequence[str], seed: int = 0, variation: float = 1.0, ki
     var = _draw_variation(np.random.default_rng(seed), 1, len(glosses), variation)
     poses, transl, _ = _synthesize_batch([(glosses, kind)], var)
     return _clip(poses, transl, text or " ".join(glosses), "synthesized", glosses)
+
+
+_ALT_STREAM = 0x616C74  # "alt": the random streams of alternate renditions, apart from the corpus'
+
+
+def alternate_renditions(clips: Sequence[Mapping[str, Any]], seed: int = 1,
+                         variation: float = 1.0) -> list[dict[str, Any]]:
+    """Another signing of each built-in clip's sentence: the same signs, another signer variation.
+
+    For each clip (a built-in corpus clip, or any clip whose ``text`` is a sentence of the
+    grammar, see :func:`sentence_pool`), the sentence is synthesised again from its ``glosses``
+    (the grammar's, when the clip has none) and its sentence kind (recovered from the text:
+    statement / wh-question / yes-no question) with a fresh signer variation (``variation``
+    scales it as in :func:`builtin_corpus`). The result is what a perfect text-to-sign model
+    could output: a correct but different rendition. The two renditions differ in speed,
+    amplitude, sign and transition timing, rest frames, signing-space offset, elbow swivel,
+    noise and body sway, so **their lengths differ** (compare them after time alignment).
+
+    Deterministic: clip ``i``'s rendition depends only on (``seed``, its sentence,
+    ``variation``, :data:`VERSION`), not on the other clips or their order; the streams differ
+    from the corpus' own, so even ``seed`` equal to the corpus seed gives another signing.
+    Clips keep ``text`` and ``glosses``; ``name`` gets the suffix ``_alt``; a clip at another
+    frame rate than :data:`FPS` (see :func:`sald_fast.data.load_clips`'s ``fps``) gets its
+    rendition resampled to that rate. Synthesis is vectorised (batches of 256 sentences).
+    Raises KeyError for a text the grammar does not make, ValueError for unknown glosses.
+    """
+    clips = list(clips)
+    pool, index = sentence_pool(), _pool_index()
+    sentences: list[tuple[list[str], int]] = []
+    draws: list[_Variation] = []
+    for i, clip in enumerate(clips):
+        text = str(clip["text"])
+        j = index.get(normalize_text(text))
+        if j is None:
+            raise KeyError(f"clips[{i}] ({clip.get('name', '?')}): {text!r} is not a sentence of the built-in grammar")
+        g = clip.get("glosses")
+        glosses = (str(g).split() if isinstance(g, str) else list(g)) if g is not None else list(pool[j][1])
+        for w in glosses:
+            if w not in VOCABULARY:
+                raise ValueError(f"clips[{i}]: unknown sign {w!r}; see sald_fast.data.builtin.VOCABULARY")
+        if not glosses:
+            raise ValueError(f"clips[{i}]: no glosses")
+        sentences.append((glosses, pool[j][2]))
+        # one stream per sentence (its pool index): independent of the other clips
+        rng = np.random.default_rng([int(seed), VERSION, _ALT_STREAM, j])
+        draws.append(_draw_variation(rng, 1, len(glosses), variation))
+    if not clips:
+        return []
+    max_signs = max(len(g) for g, _ in sentences)
+
+    def field(name: str, sl: slice) -> np.ndarray:
+        parts = [getattr(d, name) for d in draws[sl]]
+        if name in ("sign_jitter", "trans_frames"):  # per-sign columns: pad (the padding is never read)
+            width = max_signs + (name == "trans_frames")
+            parts = [np.pad(p, ((0, 0), (0, width - p.shape[1])), mode="edge") for p in parts]
+        return np.concatenate(parts)
+
+    out: list[dict[str, Any]] = []
+    chunk = 256
+    for c0 in range(0, len(clips), chunk):
+        sl = slice(c0, c0 + chunk)
+        var = _Variation(**{f: field(f, sl) for f in _Variation.__dataclass_fields__})
+        poses, transl, starts = _synthesize_batch(sentences[sl], var)
+        for k, clip in enumerate(clips[sl]):
+            a, b = int(starts[k]), int(starts[k + 1])
+            glosses = sentences[c0 + k][0]
+            alt = _clip(poses[a:b], transl[a:b], str(clip["text"]), f"{clip.get('name', 'clip')}_alt", glosses)
+            fps = float(clip.get("fps", FPS))
+            if abs(fps - FPS) > 1e-9:
+                alt = resample_clip(alt, fps)
+            out.append(alt)
+    return out
 
 
 def _clip(poses: np.ndarray, transl: np.ndarray, text: str, name: str, glosses: Sequence[str]) -> dict[str, Any]:

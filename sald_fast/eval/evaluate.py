@@ -4,15 +4,29 @@ Rows (all on the first ``num_samples`` test clips, cropped to the evaluator's ``
 - "Mean pose" (lower bound): the training split's mean root-aligned pose, repeated.
 - "Sign-SALD": poses generated for the test sentences with the reference lengths (seed fixed).
 - "VAE reconstruction": the references through the run's VAE (encoder means, no sampling).
+- "Another signing, same sentence" (only with ``alternate_clips``; :func:`evaluate_run` makes
+  them for the built-in corpus with :func:`sald_fast.data.builtin.alternate_renditions`): a
+  second, equally correct rendition of each test sentence by the corpus generator with another
+  signer variation, i.e. what a perfect generator could score. Placed just before "Ground
+  truth", beside the other ceiling: its MPJPE is the floor a perfect model cannot go below
+  when scored against one reference signing (different speed, amplitude, timing, signing
+  space), its BLEU/ROUGE/FID what a correct but different signing gets.
 - "Ground truth" (ceiling / floor): the references themselves.
 
 Columns: back-translation BLEU-4 and ROUGE-L (0-100) against the normalised sentence
 (lowercase words, :meth:`WordTokenizer.normalize`); FID of the row's motion-encoder features
 against the Gaussian fit of the training split stored in the evaluator (so "Ground truth" FID is
 test vs train: the floor); MPJPE in mm (root-aligned, non-root joints, valid frames) against the
-reference of the same sentence and length. ``eval.json`` also holds "FID (vs test)": FID against
+reference of the same sentence and length (for "Another signing, same sentence", whose clips have
+their own lengths: after linearly resampling the whole alternate rendition in time, per joint
+position, to the whole reference's length, then cropping like the reference; see
+:func:`time_aligned_poses`). ``eval.json`` also holds "FID (vs test)": FID against
 the test references themselves. FID from few samples is biased upwards (the "Ground truth" row
 shows by how much): compare FIDs of one evaluation (same ``num_samples``) only.
+
+Whole sentences: a test clip longer than the evaluator's ``num_frames`` is cropped to its first
+frames, so its metrics only see the beginning of the sentence; :func:`evaluate` warns with the
+number of such clips and records it in ``settings["cropped_clips"]``.
 
 Determinism: evaluation models in eval mode, fixed batches (``batch_size``) in test-split order,
 generation seeded per batch (``seed + batch index``): two evaluations of one checkpoint give the
@@ -24,6 +38,7 @@ from __future__ import annotations
 import inspect
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -36,8 +51,11 @@ from .models import PoseEvaluator, WordTokenizer
 __all__ = [
     "ROWS",
     "COLUMNS",
+    "ALTERNATE_ROW",
+    "ALTERNATE_SEED",
     "positions_of_items",
     "reference_poses",
+    "time_aligned_poses",
     "score_poses",
     "generate_poses",
     "vae_reconstruct",
@@ -48,7 +66,9 @@ __all__ = [
     "evaluate_run",
 ]
 
-ROWS = ("Mean pose", "Sign-SALD", "VAE reconstruction", "Ground truth")
+ALTERNATE_ROW = "Another signing, same sentence"
+ALTERNATE_SEED = 1  # signer-variation seed of the built-in alternate renditions made by evaluate_run
+ROWS = ("Mean pose", "Sign-SALD", "VAE reconstruction", ALTERNATE_ROW, "Ground truth")
 COLUMNS = ("BLEU-4", "ROUGE-L", "FID", "MPJPE")
 _LABELS = {"Mean pose": "Mean pose (lower bound)", "Ground truth": "Ground truth (ceiling)"}
 _HEADER = {"BLEU-4": "BLEU-4 ↑", "ROUGE-L": "ROUGE ↑", "FID": "FID ↓", "MPJPE": "MPJPE (mm) ↓"}
@@ -99,6 +119,58 @@ def reference_poses(clips: Sequence[dict], num_frames: int, *, batch_size: int =
             feats.append(torch.stack([torch.as_tensor(it["features"]).float() for it in items]))
     out = (torch.cat(pos), torch.cat(lens), texts)
     return out + (torch.cat(feats),) if with_features else out
+
+
+def _clip_frames(clip: dict) -> int:
+    return int(len(clip["global_orient"]))
+
+
+def _resample_time(positions: torch.Tensor, frames: int) -> torch.Tensor:
+    """Positions (T, J, 3) -> (frames, J, 3): linear interpolation per joint coordinate, first and
+    last frames kept (frame k of the output is at ``k (T - 1) / (frames - 1)`` of the input)."""
+    T = positions.shape[0]
+    if frames == T:
+        return positions
+    if frames == 1 or T == 1:
+        return positions[:1].expand(frames, *positions.shape[1:]).clone()
+    t = torch.arange(frames, dtype=torch.float64) * ((T - 1) / (frames - 1))
+    i0 = t.floor().long().clamp(0, T - 1)
+    i1 = (i0 + 1).clamp(max=T - 1)
+    w = (t - i0).to(positions.dtype)[:, None, None]
+    return positions[i0] * (1 - w) + positions[i1] * w
+
+
+def time_aligned_poses(clips: Sequence[dict], target_frames: Sequence[int], num_frames: int, *,
+                       progress: bool = True, desc: str = "time-aligned poses") -> torch.Tensor:
+    """Positions (M, num_frames, 44, 3) CPU of ``clips`` with clip ``i`` time-normalised to
+    ``target_frames[i]`` frames, then cropped like :func:`reference_poses`.
+
+    The whole clip (all its frames, forward kinematics as for the references) is resampled
+    linearly in time, per joint position, to ``target_frames[i]`` frames, so that its start and
+    end meet the start and end of a reference of that length; the first ``num_frames`` frames
+    are kept and shorter results hold their last frame. Used to score a second rendition of a
+    sentence (other speed and timing, so another length) against its reference with MPJPE:
+    only the overall tempo is removed; differences of timing within the sentence remain.
+    """
+    from sald_fast.data.dataset import MotionTextDataset
+    from sald_fast.features import features_to_positions
+
+    clips = list(clips)
+    if len(target_frames) != len(clips):
+        raise ValueError(f"time_aligned_poses: {len(clips)} clips but {len(target_frames)} target lengths")
+    dataset = MotionTextDataset(clips, num_frames, train=False)
+    out = []
+    for i in tqdm(range(len(clips)), desc=desc, disable=not progress, leave=False):
+        n = int(target_frames[i])
+        if n < 1:
+            raise ValueError(f"time_aligned_poses: target_frames[{i}] = {n} must be >= 1")
+        with torch.no_grad():
+            pos = features_to_positions(dataset.features(i)).float()  # (T, 44, 3)
+        pos = _resample_time(pos, n)[:num_frames]
+        if pos.shape[0] < num_frames:
+            pos = torch.cat([pos, pos[-1:].expand(num_frames - pos.shape[0], *pos.shape[1:])])
+        out.append(pos)
+    return torch.stack(out)
 
 
 @torch.no_grad()
@@ -209,8 +281,26 @@ def _load_model(model, device):
 
 def evaluate(model, evaluator: PoseEvaluator | str | Path, clips: Sequence[dict], *, num_samples: int | None = None,
              seed: int = 0, steps: int | None = None, guidance: float | None = None, batch_size: int = 32,
-             device: torch.device | str | None = None, progress: bool = True, include_vae: bool = True) -> dict[str, Any]:
+             device: torch.device | str | None = None, progress: bool = True, include_vae: bool = True,
+             alternate_clips: Sequence[dict] | None = None) -> dict[str, Any]:
     """Evaluate a SignSALD (or its run/model folder; ``None``: only the bounds) on test ``clips``.
+
+    ``alternate_clips``: another rendition of each test sentence, in the order of ``clips``
+    (same texts; cut to ``num_samples`` like ``clips``), e.g.
+    :func:`sald_fast.data.builtin.alternate_renditions` of ``clips``; adds the row "Another
+    signing, same sentence". Its BLEU-4 / ROUGE-L / FID come from the alternate motion at its
+    own length (cropped to the evaluator's ``num_frames`` like every row); its MPJPE compares it
+    with the reference of the same sentence after resampling the whole alternate rendition
+    linearly in time (per joint position) to the whole reference's length
+    (:func:`time_aligned_poses`), over the reference's valid frames. Linear time normalisation
+    is the simplest fair alignment of two renditions of different speed: it removes the overall
+    tempo, not the timing differences within the sentence (no per-frame warping such as DTW,
+    which no other row gets either), so this MPJPE is the floor for a model that signs the
+    sentence correctly but not exactly like the one reference.
+
+    Test clips longer than ``num_frames`` are cropped to their first frames (the metrics then
+    see only the beginning of those sentences): a warning gives their number, also recorded
+    in ``settings["cropped_clips"]`` (and ``settings["cropped_alternate_clips"]``).
 
     Returns dict(rows={row: {BLEU-4, ROUGE-L, FID, FID (vs test), MPJPE}}, settings, examples).
     """
@@ -224,11 +314,26 @@ def evaluate(model, evaluator: PoseEvaluator | str | Path, clips: Sequence[dict]
     clips = list(clips)[:num_samples] if num_samples is not None else list(clips)
     if not clips:
         raise ValueError("evaluate: clips is empty (no test clips)")
+    alt_clips = None
+    if alternate_clips is not None:
+        alt_clips = list(alternate_clips)[:num_samples] if num_samples is not None else list(alternate_clips)
+        if len(alt_clips) != len(clips):
+            raise ValueError(f"evaluate: {len(alt_clips)} alternate clips for {len(clips)} test clips "
+                             "(alternate_clips must hold one rendition of each test clip, in order)")
+        for i, (c, a) in enumerate(zip(clips, alt_clips)):
+            if WordTokenizer.normalize(str(c.get("text", ""))) != WordTokenizer.normalize(str(a.get("text", ""))):
+                raise ValueError(f"evaluate: alternate_clips[{i}] signs {a.get('text')!r}, "
+                                 f"but clips[{i}] is {c.get('text')!r}")
     model = _load_model(model, device)
     num_frames = evaluator.config.num_frames
     dev = evaluator.input_mean.device
     ref_pos, lengths, texts, ref_feats = reference_poses(clips, num_frames, batch_size=batch_size, device=dev,
                                                          progress=progress, with_features=True)
+    cropped = [_clip_frames(c) for c in clips if _clip_frames(c) > num_frames]
+    if cropped:
+        warnings.warn(f"evaluate: {len(cropped)} of {len(clips)} test clips are longer than the evaluator's "
+                      f"num_frames={num_frames} (longest {max(cropped)} frames) and are cropped to their first "
+                      f"{num_frames} frames: their metrics do not cover the whole sentence", stacklevel=2)
     common = dict(batch_size=batch_size, progress=progress)
     gt = score_poses(evaluator, ref_pos, lengths, texts, ref_pos, **common, desc="score ground truth")
     gt["row"]["FID (vs test)"] = 0.0
@@ -246,6 +351,16 @@ def evaluate(model, evaluator: PoseEvaluator | str | Path, clips: Sequence[dict]
     scored = {name: score_poses(evaluator, pos, lengths, texts, ref_pos, gt["features"], **common,
                                 desc=f"score {name}") for name, pos in candidates.items()}
     scored["Ground truth"] = gt
+    alt_cropped = None
+    if alt_clips is not None:
+        alt_pos, alt_len, _ = reference_poses(alt_clips, num_frames, batch_size=batch_size, device=dev,
+                                              progress=progress, desc="alternate poses")
+        alt = score_poses(evaluator, alt_pos, alt_len, texts, None, gt["features"], **common,
+                          desc="score another signing")
+        aligned = time_aligned_poses(alt_clips, [_clip_frames(c) for c in clips], num_frames, progress=progress)
+        alt["row"]["MPJPE"] = mpjpe(aligned, ref_pos, lengths)
+        scored[ALTERNATE_ROW] = alt
+        alt_cropped = sum(_clip_frames(a) > num_frames for a in alt_clips)
     rows = {name: scored[name]["row"] for name in ROWS if name in scored}
     examples = [{"reference": WordTokenizer.normalize(texts[i]),
                  **{name: scored[name]["hypotheses"][i] for name in ROWS if name in scored}}
@@ -256,7 +371,11 @@ def evaluate(model, evaluator: PoseEvaluator | str | Path, clips: Sequence[dict]
         guidance = guidance if guidance is not None else diffusion.guidance
     settings = {"num_samples": len(clips), "num_frames": num_frames, "seed": seed, "steps": steps,
                 "guidance": guidance, "batch_size": batch_size, "dataset": evaluator.meta.get("dataset"),
-                "fid_reference": f"training split ({evaluator.meta.get('real_count', '?')} clips)"}
+                "fid_reference": f"training split ({evaluator.meta.get('real_count', '?')} clips)",
+                "cropped_clips": len(cropped)}
+    if alt_cropped is not None:
+        settings["cropped_alternate_clips"] = int(alt_cropped)
+        settings["alternate_mpjpe"] = "alternate resampled linearly in time to the reference's length"
     return {"rows": rows, "settings": settings, "examples": examples}
 
 
@@ -275,6 +394,13 @@ def format_table(results: dict[str, Any]) -> str:
             f"{s.get('fid_reference', 'training split')}; MPJPE root-aligned. Seed {s.get('seed', 0)}"
             + (f", {s['steps']} sampling steps" if s.get("steps") else "")
             + (f", guidance {s['guidance']}" if s.get("guidance") is not None else "") + ".")
+    if ALTERNATE_ROW in rows:
+        note += (f" {ALTERNATE_ROW}: the corpus generator's second rendition of each test sentence (another signer "
+                 "variation), what a perfect model could score; its MPJPE after linearly resampling it in time to "
+                 "the reference's length.")
+    if s.get("cropped_clips"):
+        note += (f" {s['cropped_clips']} test clips were longer than {s.get('num_frames', '?')} frames and were "
+                 "cropped (only their beginning is scored).")
     return "\n".join(lines) + "\n" + note
 
 
@@ -300,7 +426,13 @@ def evaluate_run(run: str | Path, *, evaluator_dir: str | Path | None = None, nu
                  batch_size: int = 32) -> str:
     """Evaluate the run folder of ``python -m train.full`` (its ``model/``) with the evaluator in
     ``evaluator_dir`` (default ``RUN/evaluator``) on the test split of the evaluator's dataset (or
-    ``clips``); writes ``RUN/eval.json`` and ``RUN/eval.md`` and returns the Markdown table."""
+    ``clips``); writes ``RUN/eval.json`` and ``RUN/eval.md`` and returns the Markdown table.
+
+    When the evaluator's dataset is ``"builtin"``, the row "Another signing, same sentence" is
+    added: :func:`sald_fast.data.builtin.alternate_renditions` (seed
+    :data:`ALTERNATE_SEED`) of the same test clips (skipped with a warning if some clip is not a
+    sentence of the built-in grammar). Other datasets (How2Sign) have no second rendition: no row.
+    """
     run = Path(run)
     if not run.exists():
         raise FileNotFoundError(f"run folder {str(run)!r} does not exist")
@@ -314,8 +446,21 @@ def evaluate_run(run: str | Path, *, evaluator_dir: str | Path | None = None, nu
             raise ValueError("the evaluator does not record its dataset: pass clips= (the test split)")
         root = evaluator.meta.get("data_root")
         clips = load_clips(dataset, "test", root=root) if dataset == "how2sign" else load_clips(dataset, "test")
+    alternate = None
+    if evaluator.meta.get("dataset") == "builtin":
+        from sald_fast.data.builtin import alternate_renditions
+
+        clips = list(clips)
+        use = clips[:num_samples] if isinstance(num_samples, int) and not isinstance(num_samples, bool) \
+            and num_samples > 0 else clips
+        try:
+            alternate = alternate_renditions(use, seed=ALTERNATE_SEED)
+        except (KeyError, ValueError) as e:
+            warnings.warn(f"no '{ALTERNATE_ROW}' row: {e}", stacklevel=2)
     results = evaluate(run, evaluator, clips, num_samples=num_samples, seed=seed, steps=steps, guidance=guidance,
-                       batch_size=batch_size, device=device, progress=progress)
+                       batch_size=batch_size, device=device, progress=progress, alternate_clips=alternate)
+    if alternate is not None:
+        results["settings"]["alternate_seed"] = ALTERNATE_SEED
     results["settings"]["run"] = str(run)
     results["settings"]["evaluator"] = str(evaluator_dir or run / "evaluator")
     write_results(results, run)
