@@ -3,17 +3,56 @@
     sald-fast generate "where is the library?" --checkpoint RUN --out where.mp4
     sald-fast evaluate --checkpoint RUN
 
-Any problem with the input (missing or corrupted checkpoint, checkpoint from another skeleton,
-empty text, unknown scheduler) prints one line ``error: ...`` and exits with code 2.
+Both first print which implementation each op runs (:func:`print_backend_line`, e.g. ``ops on cpu
+(backend reference): film_residual_layernorm=reference ...``); ``--backend`` picks the
+:mod:`sald_fast.ops` backend (default: the process default, ``reference``). Any problem with the
+input (missing or corrupted checkpoint, checkpoint from another skeleton, empty text, unknown
+scheduler) prints one line ``error: ...`` and exits with code 2.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-__all__ = ["main", "resolve_model_dir"]
+from .ops.dispatch import BACKENDS
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["main", "resolve_model_dir", "print_backend_line"]
+
+
+def print_backend_line(device: torch.device | str, backend: str | None = None) -> str:
+    """Print (to stdout) and return :func:`sald_fast.ops.backend_line` for ``device`` and ``backend``
+    (None: the process default), the start-up line of ``sald-fast`` and ``python -m train.full``.
+
+    Loads (and builds) the backends now. Sets up ``logging`` (WARNING, bare messages on stderr)
+    when nothing has configured it, so the ops' fallback notices reach the terminal.
+    """
+    from .ops import backend_line
+
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    line = backend_line(device, backend)
+    print(line, flush=True)
+    return line
+
+
+def _start(args: argparse.Namespace) -> str:
+    """The device of a command (``--device``, default CUDA when available); sets ``--backend`` and prints the line."""
+    import torch
+
+    from . import ops
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if args.backend is not None:
+        ops.set_backend(args.backend)
+    print_backend_line(device)
+    return device
 
 
 def resolve_model_dir(checkpoint: str | Path) -> Path:
@@ -36,7 +75,6 @@ def _run_folder(checkpoint: str | Path) -> Path:
 
 def _generate(args: argparse.Namespace) -> int:
     import numpy as np
-    import torch
 
     from .pipeline import SignSALD
     from .render import save_animation
@@ -46,7 +84,7 @@ def _generate(args: argparse.Namespace) -> int:
         raise ValueError(f"--out must end in .mp4, .gif or .npz, got {out.name!r}")
     if not isinstance(args.text, str) or not args.text.strip():
         raise ValueError("the text to sign is empty")
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = _start(args)
     model = SignSALD.load(resolve_model_dir(args.checkpoint), device=device)
     result = model.generate([args.text], num_frames=args.frames, steps=args.steps, guidance=args.guidance,
                             seed=args.seed, scheduler=args.scheduler, progress=not args.quiet)
@@ -68,10 +106,14 @@ def _generate(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     from .eval import evaluate_run
 
+    device = _start(args)
     table = evaluate_run(_run_folder(args.checkpoint), evaluator_dir=args.evaluator, num_samples=args.num_samples, steps=args.steps,
-                         seed=args.seed, device=args.device, progress=not args.quiet)
+                         seed=args.seed, device=device, progress=not args.quiet)
     print(table)
     return 0
+
+
+_BACKEND_HELP = "sald_fast.ops backend (default: the process default, reference)"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -87,6 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--frames", type=int, default=None, help="number of frames (default: the training length)")
     g.add_argument("--device", default=None)
+    g.add_argument("--backend", default=None, choices=BACKENDS, help=_BACKEND_HELP)
     g.add_argument("--quiet", action="store_true", help="no progress bar")
     e = sub.add_parser("evaluate", help="print the evaluation table of a run (paper Table 1 form)")
     e.add_argument("--checkpoint", required=True, help="run folder of train.full")
@@ -96,6 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--steps", type=int, default=None)
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--device", default=None)
+    e.add_argument("--backend", default=None, choices=BACKENDS, help=_BACKEND_HELP)
     e.add_argument("--quiet", action="store_true")
     return p
 

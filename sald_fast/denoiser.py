@@ -210,6 +210,8 @@ class Denoiser(nn.Module):
         if value is not None and value not in BACKENDS:
             raise ValueError(f"backend must be None or one of {BACKENDS}, got {value!r}")
         self._backend = value
+        # load the backend's modules now, never inside a torch.compile trace
+        ops.prepare(value, ops=("film_residual_layernorm", "temporal_attention", "skeletal_attention"))
 
     def reset_parameters(self) -> None:
         """Linear weights N(0, 0.02), biases 0; embeddings and null token N(0, 0.02); LayerNorm

@@ -264,6 +264,7 @@ class SkeletonVAE(nn.Module):
         for m in self.modules():
             if isinstance(m, STConv):
                 m.backend = value
+        ops.prepare(value, ops=("skeletal_graph_conv",))  # load/build now, never inside a torch.compile trace
 
     # -- helpers ---------------------------------------------------------------------------
     @property

@@ -75,6 +75,10 @@ def main(argv: list[str] | None = None) -> int:
     start = time.time()
     dist_info = init_distributed(args.device)
     device = resolve_device(args.device, dist_info.local_rank)
+    if dist_info.main:  # which implementation each op runs; fallback notices reach stderr
+        from sald_fast.cli import print_backend_line
+
+        print_backend_line(device, args.backend)
     torch.set_float32_matmul_precision("high")
     run = Path(args.run)
     cfg = config_from_args(args)

@@ -4,6 +4,11 @@ Every model module calls these functions, never a kernel directly. Each wrapper 
 inputs (shape, dtype, device: a clear ``ValueError``/``TypeError`` naming the argument), opens an
 NVTX range, and calls the implementation chosen by ``backend`` (per call) or by
 :func:`set_backend` / :func:`use_backend` (process default, initially ``"reference"``).
+
+:func:`backend_report` / :func:`backend_line` say which implementation each op runs on a device
+(``train.full`` and the ``sald-fast`` command print the line at start); :func:`prepare` loads (and
+builds) a backend's modules ahead of time, so ``torch.compile`` never traces an import. Fallbacks
+to the reference are logged once on the ``sald_fast.ops`` logger.
 """
 
 from __future__ import annotations
@@ -12,7 +17,8 @@ import torch
 
 from ..profiling import nvtx_range
 from . import reference  # noqa: F401  (registers the reference implementations)
-from .dispatch import BACKENDS, OPS, available_backends, get_backend, register, resolve, set_backend, use_backend
+from .dispatch import (BACKENDS, IMPLEMENTATIONS, OPS, available_backends, backend_line, backend_report, get_backend,
+                       prepare, register, resolve, set_backend, use_backend)
 
 __all__ = [
     "film_residual_layernorm",
@@ -24,8 +30,12 @@ __all__ = [
     "use_backend",
     "available_backends",
     "register",
+    "prepare",
+    "backend_report",
+    "backend_line",
     "BACKENDS",
     "OPS",
+    "IMPLEMENTATIONS",
 ]
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)

@@ -3,28 +3,42 @@
 Backends: ``reference`` (plain PyTorch, the specification), ``triton`` (kernels/ through
 ``sald_fast.ops.triton_backend``), ``cuda`` (the C++/CUDA extension, CPU and CUDA tensors, through
 ``sald_fast.ops.extension_backend``), and ``auto`` (the fastest one available for the tensor's
-device, per op). Backend modules are imported lazily and register their functions with
-:func:`register`.
+device, per op). Backend modules are imported on first use, or earlier by :func:`prepare` (the
+models call it when their backend is set, so nothing is imported or built inside a
+``torch.compile`` trace), and register their functions with :func:`register`.
+
+A fallback to the reference (``auto`` when a faster implementation cannot load, or a requested
+backend without kernels for the tensor's device) is logged once per (op, backend, device type,
+reason) at WARNING on the ``sald_fast.ops`` logger. A requested backend that cannot load raises
+``RuntimeError`` naming it and the reason. :func:`backend_report` / :func:`backend_line` say which
+implementation each op runs.
 """
 
 from __future__ import annotations
 
 import contextlib
 import importlib
-from typing import Callable, Iterator
+import logging
+from typing import Callable, Iterable, Iterator
 
 import torch
 
-__all__ = ["BACKENDS", "OPS", "set_backend", "get_backend", "use_backend", "register", "resolve",
-           "available_backends"]
+__all__ = ["BACKENDS", "OPS", "IMPLEMENTATIONS", "set_backend", "get_backend", "use_backend", "register", "resolve",
+           "available_backends", "prepare", "backend_report", "backend_line"]
+
+logger = logging.getLogger("sald_fast.ops")
 
 BACKENDS = ("reference", "triton", "cuda", "auto")
 OPS = ("film_residual_layernorm", "temporal_attention", "skeletal_attention", "skeletal_graph_conv")
+# What backend_report calls the implementation of each backend.
+IMPLEMENTATIONS = {"reference": "reference", "triton": "triton", "cuda": "extension"}
 
 _BACKEND_MODULES = {
     "triton": "sald_fast.ops.triton_backend",
     "cuda": "sald_fast.ops.extension_backend",
 }
+# What the fallback messages call each backend.
+_LABELS = {"reference": "the reference", "triton": "Triton", "cuda": "extension"}
 # For `auto`: which backends to try per op, fastest first; the reference always works.
 _AUTO_ORDER = {
     "film_residual_layernorm": {"cuda_device": ("triton",), "cpu_device": ()},
@@ -34,17 +48,26 @@ _AUTO_ORDER = {
 }
 
 _IMPLS: dict[str, dict[str, Callable]] = {op: {} for op in OPS}
+_DEVICES: dict[tuple[str, str], tuple[str, ...]] = {}  # (op, backend) -> device types it has kernels for
 _load_errors: dict[str, str] = {}
 _default_backend = "reference"
 
 
-def register(op: str, backend: str, fn: Callable) -> None:
-    """Register ``fn`` as ``backend``'s implementation of ``op`` (called by backend modules)."""
+def register(op: str, backend: str, fn: Callable, devices: Iterable[str] | None = None) -> None:
+    """Register ``fn`` as ``backend``'s implementation of ``op`` (called by backend modules).
+
+    ``devices``: the device types (``"cpu"``, ``"cuda"``) ``fn`` has kernels for; tensors on
+    other devices get the reference (logged once). None: any device.
+    """
     if op not in OPS:
         raise ValueError(f"unknown op {op!r}; ops are {OPS}")
     if backend not in ("reference", "triton", "cuda"):
         raise ValueError(f"unknown backend {backend!r}")
     _IMPLS[op][backend] = fn
+    if devices is None:
+        _DEVICES.pop((op, backend), None)
+    else:
+        _DEVICES[(op, backend)] = tuple(devices)
 
 
 def _check_name(name: str) -> str:
@@ -54,9 +77,10 @@ def _check_name(name: str) -> str:
 
 
 def set_backend(name: str) -> None:
-    """Set the process-wide default backend used when an op gets ``backend=None``."""
+    """Set the process-wide default backend used when an op gets ``backend=None`` (and :func:`prepare` it)."""
     global _default_backend
     _default_backend = _check_name(name)
+    prepare(name)
 
 
 def get_backend() -> str:
@@ -70,6 +94,7 @@ def use_backend(name: str) -> Iterator[None]:
     global _default_backend
     old = _default_backend
     _default_backend = _check_name(name)
+    prepare(name)
     try:
         yield
     finally:
@@ -79,20 +104,35 @@ def use_backend(name: str) -> Iterator[None]:
 _loaded: set[str] = set()
 
 
+_importing = False  # True while the dispatcher imports a backend (its module then leaves the logging to us)
+
+
+def _import_backend(backend: str) -> bool:
+    """Import (and so build) the module of ``backend``; False (and the reason kept) when it fails."""
+    global _importing
+    _importing = True
+    try:
+        importlib.import_module(_BACKEND_MODULES[backend])
+    except Exception as exc:  # noqa: BLE001 - any import failure means "not available"
+        _load_errors[backend] = f"{type(exc).__name__}: {exc}"
+        return False
+    finally:
+        _importing = False
+    _loaded.add(backend)  # later calls stay import-free, so torch.compile can trace through
+    return True
+
+
 def _try_load(backend: str) -> bool:
     """Import the module of ``backend`` once; False (and the reason kept) when it cannot load."""
     if backend == "reference" or backend in _loaded:
         return True
     if backend in _load_errors:
         return False
-    module = _BACKEND_MODULES[backend]
-    try:
-        importlib.import_module(module)
-    except Exception as exc:  # noqa: BLE001 - any import failure means "not available"
-        _load_errors[backend] = f"{type(exc).__name__}: {exc}"
-        return False
-    _loaded.add(backend)  # later calls stay import-free, so torch.compile can trace through
-    return True
+    if torch.compiler.is_compiling():
+        # Not prepared before tracing (see prepare): import outside the trace (one graph break)
+        # rather than letting Dynamo trace the import machinery and the build.
+        return torch.compiler.disable(_import_backend)(backend)
+    return _import_backend(backend)
 
 
 def available_backends(op: str) -> list[str]:
@@ -102,17 +142,135 @@ def available_backends(op: str) -> list[str]:
     return [b for b in ("reference", "triton", "cuda") if b in _IMPLS[op]]
 
 
-def resolve(op: str, backend: str | None, device: torch.device) -> Callable:
-    """The implementation of ``op`` for ``backend`` (None: the default) on ``device``."""
-    name = _check_name(backend) if backend is not None else _default_backend
+_noted: set[tuple[str, str, str, str]] = set()
+
+
+def _first_line(text: str) -> str:
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[0] if lines else text
+
+
+def _note(op: str, backend: str, device_type: str, reason: str, message: str) -> None:
+    """Log ``message`` at WARNING once per (op, backend, device type, reason); silent while compiling."""
+    if torch.compiler.is_compiling():
+        return  # resolve runs at trace time: no logging there (prepare / the first eager call logs)
+    key = (op, backend, device_type, reason)
+    if key in _noted:
+        return
+    _noted.add(key)
+    logger.warning(message)
+
+
+def _unusable(op: str, backend: str, device_type: str) -> str | None:
+    """Why ``backend`` cannot run ``op`` on ``device_type`` tensors (loading it if needed), or None."""
+    if not _try_load(backend):
+        return _load_errors[backend]
+    if backend not in _IMPLS[op]:
+        return f"no {op} implementation"
+    devices = _DEVICES.get((op, backend))
+    if devices is not None and device_type not in devices:
+        return f"no {device_type} kernels in this build"
+    return None
+
+
+def _choose(op: str, name: str, device_type: str) -> str:
+    """The backend whose implementation of ``op`` runs for ``name`` on ``device_type`` (logs fallbacks)."""
+    if name == "reference":
+        return "reference"
     if name == "auto":
-        order = _AUTO_ORDER[op]["cuda_device" if device.type == "cuda" else "cpu_device"]
-        for candidate in order:
-            if _try_load(candidate) and candidate in _IMPLS[op]:
-                return _IMPLS[op][candidate]
-        return _IMPLS[op]["reference"]
-    if name != "reference" and not _try_load(name):
+        skipped = []
+        for candidate in _AUTO_ORDER[op]["cuda_device" if device_type == "cuda" else "cpu_device"]:
+            reason = _unusable(op, candidate, device_type)
+            if reason is None:
+                chosen = candidate
+                break
+            skipped.append((candidate, reason))
+        else:
+            chosen = "reference"
+        if not torch.compiler.is_compiling():  # no logging (nor message formatting) at trace time
+            for candidate, reason in skipped:
+                _note(op, "auto", device_type, reason,
+                      f"auto: {op} on {device_type} uses {_LABELS[chosen]}: {_LABELS[candidate]} unavailable "
+                      f"({_first_line(reason)})")
+        return chosen
+    if not _try_load(name):
         raise RuntimeError(f"backend {name!r} is not available: {_load_errors[name]}")
     if name not in _IMPLS[op]:
         raise RuntimeError(f"backend {name!r} has no implementation of {op}")
-    return _IMPLS[op][name]
+    reason = _unusable(op, name, device_type)
+    if reason is not None:  # loaded, implemented, but no kernels for this device: the reference runs
+        if not torch.compiler.is_compiling():
+            _note(op, name, device_type, reason,
+                  f"backend {name!r}: {op} on {device_type} uses the reference: {_LABELS[name]} has {reason}")
+        return "reference"
+    return name
+
+
+def resolve(op: str, backend: str | None, device: torch.device) -> Callable:
+    """The implementation of ``op`` for ``backend`` (None: the default) on ``device``.
+
+    ``auto`` falls back to the reference when no faster implementation can run (reason logged
+    once); a requested backend that cannot load, or lacks ``op``, raises ``RuntimeError``.
+    """
+    name = _check_name(backend) if backend is not None else _default_backend
+    return _IMPLS[op][_choose(op, name, device.type)]
+
+
+def _device_types(device: torch.device | str | None) -> list[str]:
+    if device is not None:
+        return [torch.device(device).type]
+    return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def prepare(backend: str | None = None, device: torch.device | str | None = None,
+            ops: Iterable[str] | None = None) -> None:
+    """Load now, outside any ``torch.compile`` trace, the backend modules ``backend`` may use.
+
+    ``backend``: a name of :data:`BACKENDS` or None (the process default); ``device``: the device
+    whose implementations to load (None: the CPU, and CUDA when available); ``ops``: the ops to
+    prepare (None: all of :data:`OPS`). Imports (and for ``cuda`` JIT-builds) the modules, and
+    logs any fallback once. Never raises for an unavailable backend: calling an op on it does.
+    """
+    name = _check_name(backend) if backend is not None else _default_backend
+    names = OPS if ops is None else tuple(ops)
+    for op in names:
+        if op not in OPS:
+            raise ValueError(f"unknown op {op!r}; ops are {OPS}")
+    if name == "reference":
+        return
+    for device_type in _device_types(device):
+        for op in names:
+            if name != "auto" and (not _try_load(name) or name not in _IMPLS[op]):
+                continue  # raises when the op is called
+            _choose(op, name, device_type)
+
+
+def backend_report(device: torch.device | str, backend: str | None = None) -> dict[str, str]:
+    """Which implementation each op of :data:`OPS` runs for tensors on ``device`` with ``backend``.
+
+    ``backend``: a name of :data:`BACKENDS` or None (the process default). Values: ``"reference"``,
+    ``"triton"``, ``"extension"`` (the C++/CUDA extension), or ``"unavailable"`` when a requested
+    backend cannot run the op (calling it raises ``RuntimeError``; the reason is logged once).
+    Loads (and builds) the backends now.
+    """
+    name = _check_name(backend) if backend is not None else _default_backend
+    device_type = torch.device(device).type
+    report = {}
+    for op in OPS:
+        try:
+            report[op] = IMPLEMENTATIONS[_choose(op, name, device_type)]
+        except RuntimeError as exc:
+            _note(op, name, device_type, str(exc), f"{op} on {device_type} raises: {_first_line(str(exc))}")
+            report[op] = "unavailable"
+    return report
+
+
+def backend_line(device: torch.device | str, backend: str | None = None) -> str:
+    """One line naming the implementation of every op, as printed at start-up by ``train.full`` and the CLI:
+
+    ``ops on cpu (backend auto): film_residual_layernorm=reference ... skeletal_graph_conv=extension``.
+    ``backend`` None means the process default (shown by name). Loads (and builds) the backends now.
+    """
+    name = _check_name(backend) if backend is not None else _default_backend
+    report = backend_report(device, name)
+    return f"ops on {torch.device(device)} (backend {name}): " + " ".join(f"{op}={impl}" for op, impl in report.items())

@@ -6,9 +6,10 @@ once per source version: the build lives in ``~/.cache/sald_fast/ext-<hash>`` (o
 name and the torch / CUDA / Python versions. The CUDA kernels (``csrc/cuda/*.cu``) are compiled only
 when torch has CUDA and ``CUDA_HOME`` (nvcc) is usable; otherwise the CPU kernels alone are built
 and CUDA tensors fall back to the reference with a one-line notice. If the build is impossible
-(no C++ compiler, no ninja, a compile error) the import raises ``ImportError`` saying why, after
-logging one line; the dispatcher then reports the backend as unavailable and ``auto`` uses the
-reference.
+(no C++ compiler, no ninja, a compile error) the import raises ``ImportError`` saying why; the
+dispatcher then reports the backend as unavailable (a requested ``cuda`` raises ``RuntimeError``)
+and ``auto`` uses the reference, logging the reason once. Imported directly (not by the
+dispatcher), the failing import also logs one line.
 
 Ops, in the ``sald_fast_ext`` torch.library namespace (schemas in ``csrc/binding.cpp``):
 
@@ -38,9 +39,10 @@ from typing import Optional
 import torch
 from torch.utils import cpp_extension
 
+from . import dispatch as _dispatch
 from .dispatch import register
 
-__all__ = ["NAMESPACE", "CSRC_DIR", "WITH_CUDA", "BUILD_DIR", "BUILD_SECONDS", "skeletal_graph_conv",
+__all__ = ["NAMESPACE", "CSRC_DIR", "WITH_CUDA", "DEVICE_TYPES", "BUILD_DIR", "BUILD_SECONDS", "skeletal_graph_conv",
            "csr_mean_aggregate", "load_extension"]
 
 logger = logging.getLogger(__name__)
@@ -136,8 +138,9 @@ def load_extension(verbose: bool = False) -> tuple[Path, bool, float]:
 try:
     BUILD_DIR, WITH_CUDA, BUILD_SECONDS = load_extension(verbose=os.environ.get("SALD_FAST_EXT_VERBOSE") == "1")
 except ImportError as _exc:
-    logger.warning("sald_fast: C++/CUDA extension unavailable, skeletal_graph_conv uses the reference (%s)",
-                   str(_exc).splitlines()[0])
+    if not _dispatch._importing:  # through the dispatcher, it logs the fallback (auto) or raises (cuda)
+        logger.warning("sald_fast: C++/CUDA extension unavailable, skeletal_graph_conv uses the reference (%s)",
+                       str(_exc).splitlines()[0])
     raise
 logger.info("sald_fast: extension ready in %.1f s (%s, CUDA kernels: %s)", BUILD_SECONDS, BUILD_DIR, WITH_CUDA)
 
@@ -209,12 +212,15 @@ torch.library.register_autograd(f"{NAMESPACE}::csr_mean_aggregate", _aggregate_b
 _fallback_noted: set[str] = set()
 
 
+DEVICE_TYPES = ("cpu", "cuda") if WITH_CUDA else ("cpu",)
+
+
 def _runs_here(device: torch.device) -> bool:
-    return device.type == "cpu" or (device.type == "cuda" and WITH_CUDA)
+    return device.type in DEVICE_TYPES
 
 
 def _note_fallback(device: torch.device) -> None:
-    if device.type not in _fallback_noted:
+    if not torch.compiler.is_compiling() and device.type not in _fallback_noted:
         _fallback_noted.add(device.type)
         logger.warning("sald_fast: the extension has no %s kernels in this build; skeletal_graph_conv uses the "
                        "reference on %s tensors", device.type, device.type)
@@ -244,4 +250,5 @@ def csr_mean_aggregate(x: Tensor, indptr: Tensor, indices: Tensor, transpose: bo
     return _ops.csr_mean_aggregate(x, indptr, indices, transpose)
 
 
-register("skeletal_graph_conv", "cuda", skeletal_graph_conv)
+# The dispatcher sends tensors on other devices to the reference itself (and logs it once).
+register("skeletal_graph_conv", "cuda", skeletal_graph_conv, devices=DEVICE_TYPES)

@@ -1,0 +1,324 @@
+"""Which implementation each op runs: ``sald_fast.ops.backend_report`` / ``backend_line``, the
+start-up line of ``train.full`` and ``sald-fast``, the once-per-reason fallback notices, and
+``torch.compile`` of the models with no Dynamo warnings and no graph breaks (backends loaded
+before tracing)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from sald_fast import ops
+from sald_fast.ops import dispatch, reference
+from sald_fast.skeleton import SIGNING_SKELETON
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _extension_loads() -> bool:
+    return dispatch._try_load("cuda")
+
+
+@pytest.fixture
+def fresh_notes(monkeypatch):
+    """An empty record of the fallbacks already logged (each test sees its own first notice)."""
+    monkeypatch.setattr(dispatch, "_noted", set())
+
+
+@pytest.fixture
+def no_extension(monkeypatch, fresh_notes):
+    """The dispatcher as in a process where the extension module fails to import (a real import)."""
+    monkeypatch.setattr(dispatch, "_loaded", {b for b in dispatch._loaded if b != "cuda"})
+    monkeypatch.setattr(dispatch, "_load_errors", {})
+    monkeypatch.setitem(dispatch._BACKEND_MODULES, "cuda", "sald_fast.ops._no_such_extension")
+    monkeypatch.delitem(dispatch._IMPLS["skeletal_graph_conv"], "cuda", raising=False)
+
+
+def _ops_records(caplog) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name.startswith("sald_fast.ops")]
+
+
+def _graph_conv_inputs():
+    ip, ix = SIGNING_SKELETON.neighbourhood()
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(1, 2, 44, 3, generator=g), ip, ix, torch.randn(4, 3, generator=g), torch.randn(4, 3, generator=g)
+
+
+# ----------------------------------------------------------------------------- report and line
+
+def test_line_for_cpu_auto_names_every_op_and_its_implementation():
+    line = ops.backend_line("cpu", "auto")
+    report = ops.backend_report(torch.device("cpu"), "auto")
+    assert list(report) == list(ops.OPS)
+    expected = {op: "reference" for op in ops.OPS}
+    expected["skeletal_graph_conv"] = "extension" if _extension_loads() else "reference"
+    assert report == expected
+    assert line == "ops on cpu (backend auto): " + " ".join(f"{op}={impl}" for op, impl in expected.items())
+    assert "\n" not in line
+
+
+def test_reference_backend_is_all_reference_and_none_means_the_default():
+    assert set(ops.backend_report("cpu", "reference").values()) == {"reference"}
+    with ops.use_backend("reference"):
+        line = ops.backend_line("cpu")
+    assert line.startswith("ops on cpu (backend reference): ")
+    assert all(f"{op}=reference" in line for op in ops.OPS)
+    with ops.use_backend("auto"):
+        assert ops.backend_line("cpu").startswith("ops on cpu (backend auto): ")
+
+
+def test_report_matches_what_the_ops_run():
+    for backend in ("reference", "auto"):
+        report = ops.backend_report("cpu", backend)
+        for op in ops.OPS:
+            fn = dispatch.resolve(op, backend, torch.device("cpu"))
+            impl = next(b for b, f in dispatch._IMPLS[op].items() if f is fn)
+            assert dispatch.IMPLEMENTATIONS[impl] == report[op], (backend, op)
+
+
+def test_requested_backend_without_the_op_is_reported_unavailable(caplog, fresh_notes):
+    caplog.set_level(logging.WARNING, logger="sald_fast.ops")
+    if not _extension_loads():
+        pytest.skip("the extension cannot be built here")
+    for _ in range(2):
+        report = ops.backend_report("cpu", "cuda")
+    assert report["skeletal_graph_conv"] == "extension"
+    assert report["film_residual_layernorm"] == "unavailable"
+    with pytest.raises(RuntimeError, match="backend 'cuda' has no implementation of film_residual_layernorm"):
+        dispatch.resolve("film_residual_layernorm", "cuda", torch.device("cpu"))
+    messages = [r.getMessage() for r in _ops_records(caplog)]
+    assert len(messages) == 3 and all("raises" in m for m in messages), messages  # once per op, not per call
+
+
+def test_bad_backend_name():
+    with pytest.raises(ValueError, match="unknown backend"):
+        ops.backend_report("cpu", "fastest")
+    with pytest.raises(ValueError, match="unknown op"):
+        ops.prepare("auto", ops=["conv"])
+
+
+# ----------------------------------------------------------------------------- fallback notices
+
+def test_auto_fallback_logs_the_reason_once(caplog, no_extension):
+    caplog.set_level(logging.INFO, logger="sald_fast.ops")
+    h, ip, ix, ws, wn = _graph_conv_inputs()
+    expected = reference.skeletal_graph_conv(h, ip, ix, ws, wn, None)
+    for _ in range(4):
+        out = ops.skeletal_graph_conv(h, ip, ix, ws, wn, backend="auto")
+        torch.testing.assert_close(out, expected)
+    assert ops.backend_report("cpu", "auto")["skeletal_graph_conv"] == "reference"
+    ops.prepare("auto", "cpu")
+    records = _ops_records(caplog)
+    assert len(records) == 1, [r.getMessage() for r in records]
+    record = records[0]
+    assert record.name == "sald_fast.ops" and record.levelno == logging.WARNING
+    assert record.getMessage().startswith("auto: skeletal_graph_conv on cpu uses the reference: extension unavailable "
+                                          "(ModuleNotFoundError: No module named 'sald_fast.ops._no_such_extension'")
+    # a requested backend that cannot load still raises, naming it and the reason
+    with pytest.raises(RuntimeError, match="backend 'cuda' is not available: ModuleNotFoundError"):
+        ops.skeletal_graph_conv(h, ip, ix, ws, wn, backend="cuda")
+    assert "cuda" not in ops.available_backends("skeletal_graph_conv")
+
+
+def test_fallback_notices_are_per_op_backend_device_and_reason(caplog, fresh_notes, monkeypatch):
+    """A requested backend without kernels for the tensors' device runs the reference, logged once
+    per device type and reason; another reason is a new notice."""
+    caplog.set_level(logging.WARNING, logger="sald_fast.ops")
+
+    def fake(*args):
+        return "fake"
+
+    monkeypatch.setattr(dispatch, "_loaded", dispatch._loaded | {"cuda"})
+    monkeypatch.setitem(dispatch._IMPLS["skeletal_graph_conv"], "cuda", fake)
+    monkeypatch.setitem(dispatch._DEVICES, ("skeletal_graph_conv", "cuda"), ("cpu",))
+    gpu, cpu = torch.device("cuda"), torch.device("cpu")  # only the device type is looked at
+    for _ in range(3):
+        assert dispatch.resolve("skeletal_graph_conv", "cuda", cpu) is fake
+        assert dispatch.resolve("skeletal_graph_conv", "cuda", gpu) is reference.skeletal_graph_conv
+    assert ops.backend_report("cuda", "cuda")["skeletal_graph_conv"] == "reference"
+    assert ops.backend_report("cpu", "cuda")["skeletal_graph_conv"] == "extension"
+    messages = [r.getMessage() for r in _ops_records(caplog) if "skeletal_graph_conv" in r.getMessage()]
+    assert messages == ["backend 'cuda': skeletal_graph_conv on cuda uses the reference: "
+                        "extension has no cuda kernels in this build"]
+    monkeypatch.setitem(dispatch._DEVICES, ("skeletal_graph_conv", "cuda"), ("xpu",))
+    dispatch.resolve("skeletal_graph_conv", "cuda", cpu)
+    dispatch.resolve("skeletal_graph_conv", "cuda", cpu)
+    assert len([r for r in _ops_records(caplog) if "skeletal_graph_conv" in r.getMessage()]) == 2
+
+
+def test_no_logging_while_compiling(caplog, no_extension, monkeypatch):
+    """resolve runs at trace time: it logs nothing there, and the first eager call still logs."""
+    caplog.set_level(logging.WARNING, logger="sald_fast.ops")
+    dispatch._try_load("cuda")  # the import failure itself, outside the "trace"
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    assert dispatch.resolve("skeletal_graph_conv", "auto", torch.device("cpu")) is reference.skeletal_graph_conv
+    assert not _ops_records(caplog) and not dispatch._noted
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: False)
+    dispatch.resolve("skeletal_graph_conv", "auto", torch.device("cpu"))
+    assert len(_ops_records(caplog)) == 1
+
+
+# ----------------------------------------------------------------------------- entry points
+
+def test_train_full_prints_the_line_first(monkeypatch, capsys, tmp_path):
+    import train.full as full
+
+    class Stop(Exception):
+        pass
+
+    def stop(*args, **kwargs):
+        raise Stop
+
+    monkeypatch.setattr(full, "config_from_args", stop)  # the next step after the line: no training
+    with pytest.raises(Stop):
+        full.main(["--device", "cpu", "--backend", "reference", "--run-dir", str(tmp_path / "run")])
+    out = capsys.readouterr().out
+    assert out.splitlines()[0] == ops.backend_line("cpu", "reference")
+
+
+@pytest.mark.parametrize("command", ["generate", "evaluate"])
+def test_cli_prints_the_line_before_loading(command, capsys, tmp_path):
+    from sald_fast.cli import main
+
+    nowhere = str(tmp_path / "nowhere")
+    args = (["generate", "hello", "--out", str(tmp_path / "x.npz")] if command == "generate" else ["evaluate"])
+    with ops.use_backend("reference"):
+        code = main(args + ["--checkpoint", nowhere, "--device", "cpu", "--backend", "auto"])
+        assert ops.get_backend() == "auto"  # --backend sets the process default the models use
+    assert code == 2
+    captured = capsys.readouterr()
+    assert captured.out.splitlines() == [ops.backend_line("cpu", "auto")]
+    assert captured.err.startswith("error: ") and "does not exist" in captured.err
+
+
+def test_cli_default_backend_is_the_process_default(capsys, tmp_path):
+    from sald_fast.cli import main, print_backend_line
+
+    with ops.use_backend("reference"):
+        main(["generate", "hi", "--checkpoint", str(tmp_path / "none"), "--out", str(tmp_path / "x.npz"),
+              "--device", "cpu"])
+        assert print_backend_line("cpu") == ops.backend_line("cpu", "reference")
+    out = capsys.readouterr().out.splitlines()
+    assert out == [ops.backend_line("cpu", "reference")] * 2
+
+
+# ----------------------------------------------------------------------------- torch.compile
+
+_COMPILE_SCRIPT = textwrap.dedent("""
+    import json, sys, time, warnings
+    import torch
+    import torch._dynamo
+    import torch.nn.functional as F
+    torch.set_num_threads(1)
+    warnings.simplefilter("always")
+    import logging
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    from sald_fast import ops
+    from sald_fast.config import DenoiserConfig, VAEConfig
+    from sald_fast.denoiser import Denoiser
+    from sald_fast.vae import SkeletonVAE
+
+    EXT = "sald_fast.ops.extension_backend"
+    assert EXT not in sys.modules
+    start = time.perf_counter()
+    torch.manual_seed(0)
+    vae = SkeletonVAE(VAEConfig(channels=(8, 8, 8), blocks_per_level=1, latent_dim=4), backend="auto")
+    build = time.perf_counter() - start
+    loaded_at_construction = EXT in sys.modules
+    den = Denoiser(DenoiserConfig(latent_dim=4, num_atoms=7, dim=16, num_layers=2, num_heads=2, ffn_mult=2,
+                                  text_dim=8, max_latent_frames=8, skip_tau=0), backend="auto")
+    x = torch.randn(2, 8, 44, 9)
+    z, t = torch.randn(2, 2, 7, 4), torch.tensor([3, 700])
+    text, mask, lengths = torch.randn(2, 3, 8), torch.tensor([[1, 1, 1], [1, 1, 0]]).bool(), torch.tensor([2, 1])
+
+    def vae_step(x):
+        return vae.loss(x, vae(x))["total"]
+
+    def den_step(z, t, text, mask, lengths):
+        return F.mse_loss(den(z, t, text, mask, lengths), z)
+
+    result = {"loaded_at_construction": loaded_at_construction, "build_s": build}
+    for name, fn, args in (("vae", vae_step, (x,)), ("denoiser", den_step, (z, t, text, mask, lengths))):
+        explained = torch._dynamo.explain(fn)(*args)
+        result[name + "_breaks"] = explained.graph_break_count
+        result[name + "_reasons"] = [str(r.reason) for r in explained.break_reasons]
+        torch._dynamo.reset()
+        torch.manual_seed(1)  # the VAE samples its latent
+        loss = torch.compile(fn, backend="aot_eager")(*args)
+        loss.backward()
+        torch.manual_seed(1)
+        result[name + "_close"] = bool(torch.allclose(loss, fn(*args), rtol=1e-4, atol=1e-5))
+    result["line"] = ops.backend_line("cpu", "auto")  # after the traces: this too would load the backends
+    print("RESULT " + json.dumps(result))
+""")
+
+
+def _run_script(script: str, ext_dir: Path, **env_vars: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, SALD_FAST_EXT_DIR=str(ext_dir),
+               PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""), **env_vars)
+    env.pop("TORCHDYNAMO_VERBOSE", None)
+    return subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=600)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("compiler", ["found", "missing"])
+def test_compiled_models_trace_with_no_dynamo_warnings_or_graph_breaks(tmp_path, compiler):
+    """A fresh process with an empty extension cache (so the build happens in it, ~15-20 s here),
+    or with no C++ compiler (auto falls back): the models load (build) their backends at
+    construction; tracing one training step of the VAE and of a denoiser gives no "Dynamo does
+    not know how to trace" warning and no graph break."""
+    import json
+
+    env = {"CXX": str(tmp_path / "no-such-compiler")} if compiler == "missing" else {}
+    proc = _run_script(_COMPILE_SCRIPT, tmp_path / "ext-cache", **env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    result = json.loads(next(ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT "))[len("RESULT "):])
+    assert "Dynamo does not know how to trace" not in proc.stderr, proc.stderr[-5000:]
+    assert "graph break" not in proc.stderr.lower(), proc.stderr[-5000:]
+    assert result["vae_breaks"] == 0, result["vae_reasons"]
+    assert result["denoiser_breaks"] == 0, result["denoiser_reasons"]
+    assert result["vae_close"] and result["denoiser_close"]
+    if compiler == "missing":
+        assert result["line"].endswith("skeletal_graph_conv=reference")
+        notices = [ln for ln in proc.stderr.splitlines() if ln.startswith("auto: ")]
+        assert notices == ["auto: skeletal_graph_conv on cpu uses the reference: extension unavailable "
+                           "(ImportError: sald_fast extension: no C++ compiler found "
+                           f"({str(tmp_path / 'no-such-compiler')!r} is not on PATH); install g++ or set CXX "
+                           "to build backend 'cuda')"], proc.stderr[-5000:]
+    elif result["line"].endswith("skeletal_graph_conv=extension"):  # the build worked: it ran at construction
+        assert result["loaded_at_construction"]
+        assert any((tmp_path / "ext-cache").glob("ext-*/*.so"))
+
+
+_UNPREPARED_SCRIPT = textwrap.dedent("""
+    import sys, warnings
+    import torch
+    warnings.simplefilter("always")
+    from sald_fast import ops
+    from sald_fast.skeleton import SIGNING_SKELETON
+    ip, ix = SIGNING_SKELETON.neighbourhood()
+    h, w = torch.randn(1, 2, 44, 3), torch.randn(4, 3)
+    fn = torch.compile(lambda h: ops.skeletal_graph_conv(h, ip, ix, w, w, backend="auto").sum(), backend="aot_eager")
+    assert "sald_fast.ops.extension_backend" not in sys.modules
+    out = fn(h)  # the first resolve happens inside the trace: the import must run outside it
+    torch.testing.assert_close(out, ops.skeletal_graph_conv(h, ip, ix, w, w, backend="reference").sum())
+    print("UNPREPARED-OK", ops.backend_line("cpu", "auto"))
+""")
+
+
+def test_unprepared_backend_is_imported_outside_the_trace():
+    """Compiling a raw op call before anything loaded the extension (reusing the default build
+    cache, so no build): the import runs outside Dynamo's trace, with no warnings."""
+    default_cache = os.environ.get("SALD_FAST_EXT_DIR") or str(Path.home() / ".cache" / "sald_fast")
+    proc = _run_script(_UNPREPARED_SCRIPT, Path(default_cache))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    assert "UNPREPARED-OK" in proc.stdout
+    assert "Dynamo does not know how to trace" not in proc.stderr, proc.stderr[-5000:]
