@@ -86,6 +86,22 @@ class DiffusionConfig:
     scheduler: str = "ddim"  # any name in sald_fast.diffusion.SCHEDULERS
     sample_steps: int = 50
     guidance: float = 2.5
+    # what the denoiser predicts: "epsilon" (the paper), "sample" (the clean latent z0) or
+    # "v_prediction" (v = sqrt(a) eps - sqrt(1 - a) z0)
+    prediction_type: str = "epsilon"
+    # per-timestep weight of the training loss: "uniform" (the paper) or "min_snr" (Hang et al.
+    # 2023: min(SNR(t), gamma) relative to the prediction target's own weighting)
+    loss_weighting: str = "uniform"
+    min_snr_gamma: float = 5.0
+
+    def __post_init__(self) -> None:
+        if self.prediction_type not in ("epsilon", "sample", "v_prediction"):
+            raise ValueError(f"DiffusionConfig.prediction_type must be 'epsilon', 'sample' or 'v_prediction', "
+                             f"got {self.prediction_type!r}")
+        if self.loss_weighting not in ("uniform", "min_snr"):
+            raise ValueError(f"DiffusionConfig.loss_weighting must be 'uniform' or 'min_snr', got {self.loss_weighting!r}")
+        if not self.min_snr_gamma > 0:
+            raise ValueError(f"DiffusionConfig.min_snr_gamma must be > 0, got {self.min_snr_gamma}")
 
 
 @dataclass
@@ -117,9 +133,12 @@ class TrainConfig:
     evaluator_batch: int = 64
     lr: float = 1e-3
     lr_schedule: str = "constant"  # "constant" (the paper) or "cosine" (decay to 10% over the stage)
+    warmup_steps: int = 0  # linear learning-rate warm-up over the first steps of a stage (0: none, the paper)
+    ema_decay: float = 0.0  # EMA of the denoiser's weights used for validation and sampling (0: off, the paper)
+    bucket_by_length: bool = False  # batches of similar-length clips, trimmed to their longest (False: the paper)
     weight_decay: float = 0.0
     grad_clip: float = 1.0
-    num_frames: int = 64  # training crop length in frames (multiple of 4)
+    num_frames: int = 64  # training window in frames (multiple of 4); longer clips are cropped
     fps: float = 25.0
     max_steps: int | None = None  # cap on optimiser steps per stage (None: epochs decide)
     ckpt_every: int = 200  # optimiser steps between checkpoints
@@ -147,6 +166,10 @@ class SALDConfig:
             )
         if self.train.lr_schedule not in ("constant", "cosine"):
             raise ValueError(f"train.lr_schedule must be 'constant' or 'cosine', got {self.train.lr_schedule!r}")
+        if self.train.warmup_steps < 0:
+            raise ValueError(f"train.warmup_steps must be >= 0, got {self.train.warmup_steps}")
+        if not 0.0 <= self.train.ema_decay < 1.0:
+            raise ValueError(f"train.ema_decay must lie in [0, 1), got {self.train.ema_decay}")
         if self.train.num_frames % 4 != 0:
             raise ValueError(f"train.num_frames must be a multiple of 4, got {self.train.num_frames}")
 
@@ -181,7 +204,8 @@ def _tiny() -> SALDConfig:
         diffusion=DiffusionConfig(sample_steps=20),
         text=TextConfig(kind="minilm", max_tokens=24),
         train=TrainConfig(vae_epochs=5, vae_batch=32, denoiser_epochs=18, denoiser_batch=32,
-                          evaluator_epochs=15, evaluator_batch=32, num_frames=64, ckpt_every=100),
+                          evaluator_epochs=15, evaluator_batch=32, num_frames=112, ckpt_every=100,
+                          bucket_by_length=True),
     )
 
 

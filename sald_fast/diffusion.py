@@ -2,7 +2,10 @@
 
 Forward process: linear beta schedule (``DiffusionConfig``: ``num_train_steps`` = 1000,
 ``beta_start`` .. ``beta_end``), ``z_t = sqrt(a_t) z_0 + sqrt(1 - a_t) eps`` with ``a_t`` the
-cumulative product of ``1 - beta``. The denoiser predicts ``eps`` (MSE objective).
+cumulative product of ``1 - beta``. The denoiser predicts ``eps`` (the paper), the clean latent
+``z_0`` or ``v = sqrt(a_t) eps - sqrt(1 - a_t) z_0`` (``DiffusionConfig.prediction_type``), trained
+with an MSE that is uniform over timesteps (the paper) or min-SNR-gamma weighted
+(``DiffusionConfig.loss_weighting``).
 
 Sampling uses a ``diffusers`` scheduler (:data:`SCHEDULERS`; DDIM by default) with
 classifier-free guidance ``eps = eps_u + w (eps_c - eps_u)``, the conditional and the
@@ -77,7 +80,7 @@ SCHEDULERS: dict[str, type] = _LazySchedulers()
 def make_scheduler(cfg: DiffusionConfig, name: str | None = None):
     """A fresh diffusers scheduler ``name`` (default ``cfg.scheduler``) for ``cfg``'s schedule:
     ``cfg.beta_schedule`` betas from ``beta_start`` to ``beta_end`` over ``num_train_steps``,
-    eps prediction, no sample clipping, trailing timestep spacing where supported."""
+    ``cfg.prediction_type``, no sample clipping, trailing timestep spacing where supported."""
     name = cfg.scheduler if name is None else name
     if not isinstance(name, str) or name not in SCHEDULERS:
         raise ValueError(f"unknown scheduler {name!r}; choose one of {', '.join(SCHEDULERS.keys())}")
@@ -87,7 +90,7 @@ def make_scheduler(cfg: DiffusionConfig, name: str | None = None):
         "beta_start": float(cfg.beta_start),
         "beta_end": float(cfg.beta_end),
         "beta_schedule": cfg.beta_schedule,
-        "prediction_type": "epsilon",
+        "prediction_type": cfg.prediction_type,
         "clip_sample": False,
         "thresholding": False,
         "timestep_spacing": "trailing",
@@ -158,10 +161,38 @@ class GaussianDiffusion(nn.Module):
         a = a.view(-1, *([1] * (z0.dim() - 1)))
         return a.sqrt() * z0 + (1.0 - a).sqrt() * noise
 
+    def target(self, z0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """What the denoiser learns to predict at ``t`` (``cfg.prediction_type``): ``noise``, ``z0``
+        or ``v = sqrt(a_t) noise - sqrt(1 - a_t) z0``."""
+        kind = self.cfg.prediction_type
+        if kind == "epsilon":
+            return noise
+        if kind == "sample":
+            return z0
+        a = self.alphas_cumprod.to(z0.device)[t.to(z0.device).long()].to(z0.dtype)
+        a = a.view(-1, *([1] * (z0.dim() - 1)))
+        return a.sqrt() * noise - (1.0 - a).sqrt() * z0
+
+    def loss_weight(self, t: torch.Tensor) -> torch.Tensor:
+        """(B,) weight of each sample's MSE: ones (``uniform``) or min-SNR-gamma, expressed for the
+        prediction target (eps: ``min(snr, g) / snr``; z0: ``min(snr, g)``; v: ``min(snr, g) / (snr + 1)``)."""
+        if self.cfg.loss_weighting == "uniform":
+            return torch.ones(t.shape, device=t.device)
+        a = self.alphas_cumprod.to(t.device)[t.long()].double()
+        snr = a / (1.0 - a)
+        w = snr.clamp(max=float(self.cfg.min_snr_gamma))
+        kind = self.cfg.prediction_type
+        if kind == "epsilon":
+            w = w / snr
+        elif kind == "v_prediction":
+            w = w / (snr + 1.0)
+        return w.float()
+
     def training_loss(self, denoiser: Callable[..., torch.Tensor], z0: torch.Tensor, text: torch.Tensor | None,
                       text_mask: torch.Tensor | None, lengths: torch.Tensor | None, cond_drop_prob: float = 0.1,
                       generator: torch.Generator | None = None) -> torch.Tensor:
-        """Scalar eps-MSE at uniform random t, averaged over valid latent frames.
+        """Scalar MSE of the prediction target (:meth:`target`) at uniform random t, weighted per
+        sample by :meth:`loss_weight`, averaged over valid latent frames.
 
         z0 (B, N', J', d_z) clean latents; the text condition of each sample is dropped
         (learned null token) with probability ``cond_drop_prob``.
@@ -178,11 +209,14 @@ class GaussianDiffusion(nn.Module):
         noise = _randn(z0.shape, generator, device, z0.dtype)
         drop = (torch.rand(B, generator=generator, device=gen_device) < cond_drop_prob).to(device)
         z_t = self.q_sample(z0, t, noise)
-        eps = denoiser(z_t, t, text, text_mask, lengths, drop if text is not None else None)
-        if eps.shape != z0.shape:
-            raise ValueError(f"denoiser returned {tuple(eps.shape)}, expected {tuple(z0.shape)}")
+        pred = denoiser(z_t, t, text, text_mask, lengths, drop if text is not None else None)
+        if pred.shape != z0.shape:
+            raise ValueError(f"denoiser returned {tuple(pred.shape)}, expected {tuple(z0.shape)}")
         mask = latent_frame_mask(lengths, B, n, device).to(torch.float32)
-        err = (eps.float() - noise.float()).pow(2).mean(dim=(2, 3))  # (B, N')
+        target = self.target(z0, noise, t)
+        err = (pred.float() - target.float()).pow(2).mean(dim=(2, 3))  # (B, N')
+        if self.cfg.loss_weighting != "uniform":
+            err = err * self.loss_weight(t).view(B, 1)
         return (err * mask).sum() / mask.sum().clamp_min(1.0)
 
     @torch.no_grad()

@@ -12,6 +12,7 @@ Checkpoints (``STAGE/latest``, ``STAGE/best``) are safetensors + JSON, written a
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import os
@@ -223,6 +224,13 @@ class Trainer:
         epochs, batch_size, lr: schedule; ``max_steps`` caps optimiser steps.
         extra_state: ``() -> (tensors, meta)`` saved with every checkpoint (e.g. normaliser).
         val_loss_fn: the validation loss (default: ``loss_fn``).
+        lr_schedule, warmup_steps: "constant" or "cosine" (to 10%), after a linear warm-up.
+        ema_decay: > 0 keeps an exponential moving average of the weights (with the usual
+            ``min(decay, (1 + step) / (10 + step))`` ramp); validation and the ``best`` checkpoint
+            use it, ``latest`` stores both (``model.*`` raw, ``ema.*`` averaged).
+        bucket_by_length: with a dataset that has ``lengths``, each epoch's random order is cut into
+            chunks of 16 batches whose clips are sorted by length before batching (batch order then
+            shuffled), so a collate that trims to the longest clip wastes little on padding.
     """
 
     def __init__(self, *, stage: str, run_dir: Path, model: torch.nn.Module, loss_fn: Callable[[torch.nn.Module, Any], dict],
@@ -232,7 +240,8 @@ class Trainer:
                  device: torch.device = torch.device("cpu"), progress: bool = True,
                  extra_state: Callable[[], tuple[dict, dict]] | None = None,
                  logger: JsonlLogger | None = None, autocast: bool = False, compile: bool = False,
-                 val_loss_fn: Callable[[torch.nn.Module, Any], dict] | None = None, lr_schedule: str = "constant"):
+                 val_loss_fn: Callable[[torch.nn.Module, Any], dict] | None = None, lr_schedule: str = "constant",
+                 warmup_steps: int = 0, ema_decay: float = 0.0, bucket_by_length: bool = False):
         self.stage, self.run_dir, self.model = stage, Path(run_dir), model
         self.loss_fn, self.train_set, self.val_set, self.collate = loss_fn, train_set, val_set, collate
         self.val_loss_fn = val_loss_fn or loss_fn
@@ -243,7 +252,12 @@ class Trainer:
         self.logger = logger or JsonlLogger(self.run_dir / "log.jsonl", dist_info.main)
         params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
-        self.base_lr, self.lr_schedule = lr, lr_schedule
+        self.base_lr, self.lr_schedule, self.warmup_steps = lr, lr_schedule, int(warmup_steps)
+        self.bucket_by_length = bool(bucket_by_length) and hasattr(train_set, "lengths")
+        self.ema_decay = float(ema_decay)
+        self.ema: torch.nn.Module | None = None
+        if self.ema_decay > 0:
+            self.ema = copy.deepcopy(model).requires_grad_(False).eval()
         per_rank = math.ceil(len(train_set) / dist_info.world)
         self.steps_per_epoch = max(1, per_rank // batch_size)  # drop_last: equal batches on every rank
         total = self.steps_per_epoch * epochs
@@ -261,18 +275,46 @@ class Trainer:
             self.train_model = DDP(self.train_model, device_ids=ids, find_unused_parameters=True)
 
     def lr_at(self, step: int) -> float:
-        """Learning rate of optimiser step ``step`` (0-based): constant, or cosine from ``lr`` to 10%."""
+        """Learning rate of optimiser step ``step`` (0-based): a linear warm-up over
+        ``warmup_steps``, then constant, or cosine from ``lr`` to 10% over the rest of the stage."""
+        warm = min(1.0, (step + 1) / self.warmup_steps) if self.warmup_steps else 1.0
         if self.lr_schedule == "constant":
-            return self.base_lr
-        progress = min(step / max(self.total_steps - 1, 1), 1.0)
-        return self.base_lr * (0.1 + 0.45 * (1 + math.cos(math.pi * progress)))
+            return self.base_lr * warm
+        span = max(self.total_steps - self.warmup_steps - 1, 1)
+        progress = min(max(step - self.warmup_steps, 0) / span, 1.0)
+        return self.base_lr * warm * (0.1 + 0.45 * (1 + math.cos(math.pi * progress)))
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        decay = min(self.ema_decay, (1.0 + self.step) / (10.0 + self.step))
+        for e, p in zip(self.ema.parameters(), self.model.parameters()):
+            e.lerp_(p.detach(), 1.0 - decay)
+        for e, b in zip(self.ema.buffers(), self.model.buffers()):
+            e.copy_(b)
+
+    @property
+    def eval_model(self) -> torch.nn.Module:
+        """The weights validation and the ``best`` checkpoint use: the EMA when on."""
+        return self.ema if self.ema is not None else self.model
 
     # --- data order -------------------------------------------------------------------------
     def _epoch_batches(self, epoch: int) -> list[list[int]]:
         g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
         perm = torch.randperm(len(self.train_set), generator=g).tolist()
         mine = perm[self.dist.rank::self.dist.world]
-        return [mine[i * self.batch_size:(i + 1) * self.batch_size] for i in range(self.steps_per_epoch)]
+        bs = self.batch_size
+        batches = [mine[i * bs:(i + 1) * bs] for i in range(self.steps_per_epoch)]
+        if self.bucket_by_length:
+            lengths = self.train_set.lengths
+            used = [i for b in batches for i in b]
+            chunk = 16 * bs
+            batches = []
+            for c in range(0, len(used), chunk):
+                part = sorted(used[c:c + chunk], key=lambda i: int(lengths[i]))
+                batches += [part[j:j + bs] for j in range(0, len(part), bs)]
+            order = torch.randperm(len(batches), generator=g).tolist()
+            batches = [batches[i] for i in order]
+        return batches
 
     def _batch(self, dataset, indices: list[int]):
         batch = self.collate([dataset[i] for i in indices])
@@ -285,13 +327,17 @@ class Trainer:
     def save(self, which: str = "latest", val_loss: float | None = None) -> None:
         if not self.dist.main:
             return
-        tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
+        weights = self.model if which == "latest" else self.eval_model
+        tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in weights.state_dict().items()}
         meta: dict[str, Any] = {"stage": self.stage, "step": self.step, "total_steps": self.total_steps,
-                                "best_val": _finite_or_none(self.best_val), "val_loss": _finite_or_none(val_loss)}
+                                "best_val": _finite_or_none(self.best_val), "val_loss": _finite_or_none(val_loss),
+                                "ema_decay": self.ema_decay}
         if which == "latest":
             otensors, ometa = _optimizer_tensors(self.optimizer)
             tensors.update(otensors)
             meta["optimizer"] = ometa
+            if self.ema is not None:
+                tensors.update({f"ema.{k}": v.detach().cpu().contiguous() for k, v in self.ema.state_dict().items()})
         if self.extra_state is not None:
             et, em = self.extra_state()
             tensors.update({f"extra.{k}": v.detach().cpu().contiguous() for k, v in et.items()})
@@ -306,6 +352,9 @@ class Trainer:
         tensors, _, meta = load_checkpoint(path)
         model_sd = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
         self.model.load_state_dict(model_sd, strict=True)
+        if self.ema is not None:
+            ema_sd = {k[len("ema."):]: v for k, v in tensors.items() if k.startswith("ema.")}
+            self.ema.load_state_dict(ema_sd if ema_sd else model_sd, strict=True)
         self.optimizer.load_state_dict(_optimizer_state(tensors, meta["optimizer"]))
         self.step = int(meta["step"])
         self.best_val = float("inf") if meta.get("best_val") is None else float(meta["best_val"])
@@ -316,13 +365,17 @@ class Trainer:
     def validate(self) -> float:
         if self.val_set is None or len(self.val_set) == 0:
             return float("nan")
-        self.model.eval()
+        model = self.eval_model
+        model.eval()
         total, count = 0.0, 0
         torch.manual_seed(self.seed + 7)
-        for i in range(0, len(self.val_set), self.batch_size):
-            batch = self._batch(self.val_set, list(range(i, min(i + self.batch_size, len(self.val_set)))))
+        order = list(range(len(self.val_set)))
+        if self.bucket_by_length and hasattr(self.val_set, "lengths"):
+            order.sort(key=lambda i: int(self.val_set.lengths[i]))
+        for i in range(0, len(order), self.batch_size):
+            batch = self._batch(self.val_set, order[i:i + self.batch_size])
             with self._autocast():
-                out = self.val_loss_fn(self.model, batch)
+                out = self.val_loss_fn(model, batch)
             n = _batch_size(batch)
             total += float(out["loss"]) * n
             count += n
@@ -363,6 +416,8 @@ class Trainer:
                     torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
                 self.optimizer.step()
                 self.step += 1
+                if self.ema is not None:
+                    self._update_ema()
                 last = {k: float(v.detach()) for k, v in out.items() if isinstance(v, torch.Tensor) and v.numel() == 1}
                 self.logger.log(stage=self.stage, step=self.step, epoch=epoch, **last)
                 bar.update(1)

@@ -11,7 +11,9 @@ from sald_fast.config import SALDConfig
 from sald_fast.data import load_clips
 from sald_fast.data.dataset import MotionTextDataset, collate
 
-__all__ = ["load_split_datasets", "load_split_clips", "padding_mask"]
+__all__ = ["load_split_datasets", "load_split_clips", "padding_mask", "trimmed", "TRIM_MULTIPLE"]
+
+TRIM_MULTIPLE = 16  # batches trimmed to their longest clip are rounded up to this many frames
 
 
 @lru_cache(maxsize=4)
@@ -23,14 +25,36 @@ def load_split_clips(data: str, root: str | None, skip_bad: bool, split: str):
     return load_clips(data, split, **kwargs)
 
 
+def trimmed(collate_fn, multiple: int = TRIM_MULTIPLE, keys: tuple[str, ...] = ("features",),
+            length_key: str = "length"):
+    """A collate that trims the time axis (dim 1) of ``keys`` to the batch's longest ``length``,
+    rounded up to ``multiple`` (never beyond the stored length)."""
+    def collate_trimmed(items):
+        batch = collate_fn(items)
+        longest = int(batch[length_key].max())
+        for key in keys:
+            n = batch[key].shape[1]
+            batch[key] = batch[key][:, :min(n, -(-longest // multiple) * multiple)]
+        return batch
+    return collate_trimmed
+
+
 def load_split_datasets(cfg: SALDConfig, args: argparse.Namespace, train_crops: bool = True):
-    """(train_set, val_set, collate) for the run's dataset and crop length."""
+    """(train_set, val_set, collate) for the run's dataset and window length.
+
+    With ``cfg.train.bucket_by_length`` the collate trims each batch to its longest clip
+    (see :func:`trimmed`). Clips longer than the window are cropped; their count is printed.
+    """
     tr = load_split_clips(args.data, args.data_root, args.skip_bad, "train")
     va = load_split_clips(args.data, args.data_root, args.skip_bad, "val")
     n = cfg.train.num_frames
     train_set = MotionTextDataset(tr, n, train=train_crops, seed=cfg.train.seed)
     val_set = MotionTextDataset(va, n, train=False, seed=cfg.train.seed)
-    return train_set, val_set, collate
+    for name, ds in (("train", train_set), ("val", val_set)):
+        if ds.cropped:
+            print(f"note: {ds.cropped} of {len(ds)} {name} clips are longer than the {n}-frame window and are cropped "
+                  f"(their text may name signs the window does not show)")
+    return train_set, val_set, (trimmed(collate) if cfg.train.bucket_by_length else collate)
 
 
 def padding_mask(lengths: torch.Tensor, n: int) -> torch.Tensor:

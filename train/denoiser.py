@@ -50,6 +50,14 @@ def _collate_latents(items: list[dict]) -> dict:
     return {k: torch.stack([torch.as_tensor(it[k]) for it in items]) for k in items[0]}
 
 
+def _collate_latents_trimmed(items: list[dict]) -> dict:
+    """Like ``_collate_latents``, with mu / logvar trimmed to the batch's longest length."""
+    batch = _collate_latents(items)
+    n = int(batch["length"].max())
+    batch["mu"], batch["logvar"] = batch["mu"][:, :n], batch["logvar"][:, :n]
+    return batch
+
+
 @torch.no_grad()
 def encode_dataset(vae: SkeletonVAE, dataset, text_encoder: TextEncoder, device: torch.device,
                    batch_size: int = 64, progress: bool = True) -> LatentTextDataset:
@@ -112,12 +120,14 @@ def train_denoiser(cfg: SALDConfig, args: argparse.Namespace, run_dir: Path, dis
         return {"loss": diffusion.training_loss(model, mu, text, mask, batch["length"], 0.0)}
 
     t = cfg.train
+    collate = _collate_latents_trimmed if t.bucket_by_length else _collate_latents
     trainer = Trainer(stage="denoiser", run_dir=run_dir, model=denoiser, loss_fn=loss_fn, train_set=train_set,
-                      val_set=val_set, collate=_collate_latents, epochs=t.denoiser_epochs,
+                      val_set=val_set, collate=collate, epochs=t.denoiser_epochs,
                       batch_size=t.denoiser_batch, lr=t.lr, lr_schedule=t.lr_schedule, weight_decay=t.weight_decay, grad_clip=t.grad_clip,
                       max_steps=t.max_steps, ckpt_every=t.ckpt_every, seed=t.seed, config=cfg, dist_info=dist_info,
                       device=device, progress=not args.no_progress, autocast=device.type == "cuda",
-                      compile=args.compile,
+                      compile=args.compile, warmup_steps=t.warmup_steps, ema_decay=t.ema_decay,
+                      bucket_by_length=t.bucket_by_length,
                       extra_state=lambda: ({"latent_scale": vae.latent_scale.detach().cpu()}, {}),
                       val_loss_fn=val_loss_fn)  # validation: clean mean latents, no condition dropout
     if args.resume:

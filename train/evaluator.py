@@ -81,7 +81,7 @@ def fit_evaluator(train_clips: Sequence[dict], val_clips: Sequence[dict] | None,
                   epochs: int, batch_size: int, max_steps: int | None = None, seed: int = 0,
                   device: torch.device | str = "cpu", progress: bool = True, log_path: str | Path | None = None,
                   stats_clips: int = 2000, real_clips: int = 10000, val_translate: int = 256,
-                  random_crops: bool = False) -> PoseEvaluator:
+                  random_crops: bool = False, bucket_by_length: bool = False) -> PoseEvaluator:
     """Train a :class:`PoseEvaluator` on ``train_clips`` (clip dicts of ``sald_fast.data``).
 
     Args:
@@ -92,6 +92,8 @@ def fit_evaluator(train_clips: Sequence[dict], val_clips: Sequence[dict] | None,
         stats_clips / real_clips: training clips (evenly spaced) used for the input normalisation /
             for the stored FID statistics of the training split.
         val_translate: validation clips back-translated at the end (BLEU/ROUGE in ``model.meta``).
+        bucket_by_length: batch clips of similar length (chunks of 16 batches sorted by length,
+            batch order shuffled) and trim each batch to its longest clip.
     Returns the model with the best validation cross-entropy, in eval mode, on ``device``.
     """
     from sald_fast.data.dataset import MotionTextDataset
@@ -131,13 +133,23 @@ def fit_evaluator(train_clips: Sequence[dict], val_clips: Sequence[dict] | None,
             break
         if hasattr(train_set, "set_epoch"):
             train_set.set_epoch(epoch)
-        perm = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(seed * 100_003 + epoch)).tolist()
+        g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+        perm = torch.randperm(len(train_set), generator=g).tolist()
+        batches = [perm[b * batch_size:(b + 1) * batch_size] for b in range(steps_per_epoch)]
+        if bucket_by_length:
+            used, chunk, batches = [i for b in batches for i in b], 16 * batch_size, []
+            for c in range(0, len(used), chunk):
+                part = sorted(used[c:c + chunk], key=lambda i: train_set.lengths[i])
+                batches += [part[j:j + batch_size] for j in range(0, len(part), batch_size)]
+            batches = [batches[i] for i in torch.randperm(len(batches), generator=g).tolist()]
         for b in range(steps_per_epoch):
             if step >= total:
                 break
             torch.manual_seed(seed * 1_000_003 + step)
-            items = [train_set[i] for i in perm[b * batch_size:(b + 1) * batch_size]]
+            items = [train_set[i] for i in batches[b]]
             positions, lengths, texts = positions_of_items(items, device)
+            if bucket_by_length:
+                positions = positions[:, :-(-int(lengths.max()) // config.patch) * config.patch]
             for g in optimizer.param_groups:
                 g["lr"] = config.lr * _lr_factor(step, total, warmup)
             out = model.loss(positions, lengths, texts)
@@ -211,7 +223,8 @@ def train_evaluator(cfg, args: argparse.Namespace, out_dir: str | Path, device: 
                           epochs=getattr(args, "epochs", None) or cfg.train.evaluator_epochs,
                           batch_size=getattr(args, "batch_size", None) or cfg.train.evaluator_batch,
                           max_steps=getattr(args, "max_steps", None) or cfg.train.max_steps, seed=cfg.train.seed,
-                          device=device, progress=progress, log_path=out_dir / "log.jsonl")
+                          device=device, progress=progress, log_path=out_dir / "log.jsonl",
+                          bucket_by_length=cfg.train.bucket_by_length)
     model.meta.update({"dataset": data, "data_root": str(Path(root).resolve()) if root else None, "preset": cfg.name})
     model.save(out_dir, model.meta)
     if "val" in model.meta:

@@ -44,20 +44,21 @@ def _mark_done(run: Path, stage: str, dist_info: Dist, **info) -> None:
     dist_info.barrier()
 
 
-def _write_samples(model, run: Path, texts: list[str], num_frames: int, progress: bool) -> list[Path]:
+def _write_samples(model, run: Path, texts: list[str], lengths: list[int], progress: bool) -> list[Path]:
+    """Animations of ``texts``, each as long as its reference signing (``lengths`` frames)."""
     import numpy as np
 
     from sald_fast.render import save_animation
 
     out_dir = run / "samples"
     out_dir.mkdir(parents=True, exist_ok=True)
-    result = model.generate(texts, num_frames=num_frames, seed=0, progress=progress)
+    result = model.generate(texts, num_frames=max(lengths), seed=0, progress=progress, lengths=lengths)
     written = []
     fps = float(model.config.train.fps)
     for i, text in enumerate(texts):
         stem = f"sample_{i:02d}"
-        arrays = {k: np.asarray(v[i]) for k, v in result.smplx.items()}
-        arrays["joint_positions"] = result.positions[i].detach().cpu().numpy()
+        arrays = {k: np.asarray(v[i][:lengths[i]]) for k, v in result.smplx.items()}
+        arrays["joint_positions"] = result.positions[i][:lengths[i]].detach().cpu().numpy()
         np.savez(out_dir / f"{stem}.npz", text=np.array(text), fps=np.array(fps), **arrays)
         written.append(save_animation(arrays["joint_positions"], out_dir / f"{stem}.mp4", fps=fps, title=text))
     return written
@@ -136,7 +137,8 @@ def main(argv: list[str] | None = None) -> int:
         _mark_done(run, "evaluator", Dist())
     test_clips = load_split_clips(args.data, args.data_root, args.skip_bad, "test")
     texts = [c["text"] for c in test_clips[:SAMPLE_TEXTS]]
-    samples = _write_samples(model, run, texts, cfg.train.num_frames, progress)
+    lengths = [min(len(c["global_orient"]), cfg.train.num_frames) for c in test_clips[:SAMPLE_TEXTS]]
+    samples = _write_samples(model, run, texts, lengths, progress)
     print("samples: " + ", ".join(str(s) for s in samples))
     table = evaluate_run(run, evaluator_dir=args.evaluator, device=device, progress=progress)
     print(table)

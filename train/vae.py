@@ -47,7 +47,8 @@ def train_vae(cfg: SALDConfig, args: argparse.Namespace, run_dir: Path, dist_inf
                       val_set=val_set, collate=collate, epochs=t.vae_epochs, batch_size=t.vae_batch, lr=t.lr, lr_schedule=t.lr_schedule,
                       weight_decay=t.weight_decay, grad_clip=t.grad_clip, max_steps=t.max_steps,
                       ckpt_every=t.ckpt_every, seed=t.seed, config=cfg, dist_info=dist_info, device=device,
-                      progress=not args.no_progress, autocast=device.type == "cuda", compile=args.compile)
+                      progress=not args.no_progress, autocast=device.type == "cuda", compile=args.compile,
+                      warmup_steps=t.warmup_steps, bucket_by_length=t.bucket_by_length)
     if not (args.resume and trainer.try_resume()):
         _fit_normalizer(vae, train_set)
     trainer.fit()

@@ -219,6 +219,13 @@ class MotionTextDataset(torch.utils.data.Dataset):
         self.epoch = 0
         self.feature_block = 64
         self._features: dict[int, torch.Tensor] = {}
+        #: valid frames of each item: ``min(T, num_frames)``
+        self.lengths = [min(int(c["global_orient"].shape[0]), self.num_frames) for c in self.clips]
+
+    @property
+    def cropped(self) -> int:
+        """How many clips are longer than ``num_frames`` (and so cropped)."""
+        return sum(int(c["global_orient"].shape[0]) > self.num_frames for c in self.clips)
 
     def __len__(self) -> int:
         return len(self.clips)
