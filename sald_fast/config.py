@@ -132,6 +132,7 @@ class TrainConfig:
     evaluator_epochs: int = 30
     evaluator_batch: int = 64
     lr: float = 1e-3
+    vae_lr: float | None = None  # the VAE stage's learning rate (None: ``lr``)
     lr_schedule: str = "constant"  # "constant" (the paper) or "cosine" (decay to 10% over the stage)
     warmup_steps: int = 0  # linear learning-rate warm-up over the first steps of a stage (0: none, the paper)
     ema_decay: float = 0.0  # EMA of the denoiser's weights used for validation and sampling (0: off, the paper)

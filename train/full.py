@@ -14,6 +14,7 @@ interrupted one from its latest checkpoint.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -26,9 +27,48 @@ from sald_fast.text import build_text_encoder
 
 from .common import Dist, JsonlLogger, add_common_args, config_from_args, default_run_dir, init_distributed, plot_losses, resolve_device
 
-__all__ = ["main", "SAMPLE_TEXTS"]
+__all__ = ["main", "SAMPLE_TEXTS", "StageClock"]
 
 SAMPLE_TEXTS = 4  # test sentences rendered as animations at the end
+
+
+class StageClock:
+    """Wall seconds per stage of the main job: ``with clock("vae"): ...``; :meth:`summary` is the
+    one line printed at the end (also kept in ``RUN/timings.json`` and the log)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._open: tuple[str, float] | None = None
+
+    def start(self, stage: str) -> None:
+        """Start timing ``stage`` (stopping the one that runs)."""
+        self.stop()
+        self._open = (stage, time.time())
+
+    def stop(self) -> None:
+        """Stop timing the running stage, if any."""
+        if self._open is not None:
+            stage, t0 = self._open
+            self.seconds[stage] = self.seconds.get(stage, 0.0) + time.time() - t0
+            self._open = None
+
+    @contextlib.contextmanager
+    def __call__(self, stage: str):
+        self.start(stage)
+        try:
+            yield
+        finally:
+            self.stop()
+
+    def summary(self) -> str:
+        """``time per stage: setup 12 s | vae 180 s | ... | total 600 s``."""
+        parts = [f"{k} {v:.0f} s" for k, v in self.seconds.items()]
+        return "time per stage: " + " | ".join(parts) + f" | total {sum(self.seconds.values()):.0f} s"
+
+    def write(self, run: Path) -> None:
+        tmp = run / "timings.json.tmp"
+        tmp.write_text(json.dumps({k: round(v, 1) for k, v in self.seconds.items()}, indent=2) + "\n")
+        os.replace(tmp, run / "timings.json")
 
 
 def _done(run: Path, stage: str) -> bool:
@@ -74,6 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.data == "how2sign" and not args.data_root:
         p.error("--data how2sign needs --data-root DIR (see sald_fast/data/how2sign.py for the layout)")
     start = time.time()
+    clock = StageClock()
+    clock.start("setup")
     dist_info = init_distributed(args.device)
     device = resolve_device(args.device, dist_info.local_rank)
     if dist_info.main:  # which implementation each op runs; fallback notices reach stderr
@@ -99,11 +141,14 @@ def main(argv: list[str] | None = None) -> int:
     from .denoiser import load_denoiser, train_denoiser
     from .vae import load_vae, train_vae
 
-    if _done(run, "vae"):
-        vae = load_vae(run, device, backend=args.backend)
-    else:
-        vae = train_vae(cfg, args, run, dist_info, device)
-        _mark_done(run, "vae", dist_info)
+    clock.stop()
+    with clock("vae"):
+        if _done(run, "vae"):
+            vae = load_vae(run, device, backend=args.backend)
+        else:
+            vae = train_vae(cfg, args, run, dist_info, device)
+            _mark_done(run, "vae", dist_info)
+    clock.start("denoiser")
     if _done(run, "denoiser"):
         denoiser = load_denoiser(run, device, backend=args.backend)
         from sald_fast.checkpoint import load_checkpoint
@@ -113,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         denoiser = train_denoiser(cfg, args, run, dist_info, device, vae=vae, text_encoder=text_encoder)
         _mark_done(run, "denoiser", dist_info)
+    clock.stop()
     if dist_info.main:
         plot_losses(run / "log.jsonl", run / "loss.png")
 
@@ -133,17 +179,22 @@ def main(argv: list[str] | None = None) -> int:
 
     progress = not args.no_progress
     if args.evaluator is None and not _done(run, "evaluator"):
-        train_evaluator(cfg, args, run / "evaluator", device=device, progress=progress)
-        _mark_done(run, "evaluator", Dist())
-    test_clips = load_split_clips(args.data, args.data_root, args.skip_bad, "test")
-    texts = [c["text"] for c in test_clips[:SAMPLE_TEXTS]]
-    lengths = [min(len(c["global_orient"]), cfg.train.num_frames) for c in test_clips[:SAMPLE_TEXTS]]
-    samples = _write_samples(model, run, texts, lengths, progress)
+        with clock("evaluator"):
+            train_evaluator(cfg, args, run / "evaluator", device=device, progress=progress)
+            _mark_done(run, "evaluator", Dist())
+    with clock("samples"):
+        test_clips = load_split_clips(args.data, args.data_root, args.skip_bad, "test")
+        texts = [c["text"] for c in test_clips[:SAMPLE_TEXTS]]
+        lengths = [min(len(c["global_orient"]), cfg.train.num_frames) for c in test_clips[:SAMPLE_TEXTS]]
+        samples = _write_samples(model, run, texts, lengths, progress)
     print("samples: " + ", ".join(str(s) for s in samples))
-    table = evaluate_run(run, evaluator_dir=args.evaluator, device=device, progress=progress)
+    with clock("evaluation"):
+        table = evaluate_run(run, evaluator_dir=args.evaluator, device=device, progress=progress)
     print(table)
     plot_losses(run / "log.jsonl", run / "loss.png")
-    log.log(event="end", seconds=round(time.time() - start, 1))
+    clock.write(run)
+    log.log(event="end", seconds=round(time.time() - start, 1), stages={k: round(v, 1) for k, v in clock.seconds.items()})
+    print(clock.summary())
     print(f"done in {time.time() - start:.0f} s; run folder: {run}")
     return 0
 
