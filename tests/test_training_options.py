@@ -28,7 +28,8 @@ def test_bad_diffusion_options_are_named(field, value):
         DiffusionConfig(**{field: value})
 
 
-@pytest.mark.parametrize("field, value", [("ema_decay", 1.0), ("ema_decay", -0.1), ("warmup_steps", -1)])
+@pytest.mark.parametrize("field, value", [("ema_decay", 1.0), ("ema_decay", -0.1), ("warmup_steps", -1),
+                                          ("vae_lr_schedule", "linear")])
 def test_bad_train_options_are_named(field, value):
     with pytest.raises(ValueError, match=field):
         SALDConfig(train=TrainConfig(**{field: value}))

@@ -44,7 +44,8 @@ def train_vae(cfg: SALDConfig, args: argparse.Namespace, run_dir: Path, dist_inf
 
     t = cfg.train
     trainer = Trainer(stage="vae", run_dir=run_dir, model=vae, loss_fn=loss_fn, train_set=train_set,
-                      val_set=val_set, collate=collate, epochs=t.vae_epochs, batch_size=t.vae_batch, lr=t.vae_lr or t.lr, lr_schedule=t.lr_schedule,
+                      val_set=val_set, collate=collate, epochs=t.vae_epochs, batch_size=t.vae_batch, lr=t.vae_lr or t.lr,
+                      lr_schedule=t.vae_lr_schedule or t.lr_schedule,
                       weight_decay=t.weight_decay, grad_clip=t.grad_clip, max_steps=t.max_steps,
                       ckpt_every=t.ckpt_every, seed=t.seed, config=cfg, dist_info=dist_info, device=device,
                       progress=not args.no_progress, autocast=device.type == "cuda", compile=args.compile,
