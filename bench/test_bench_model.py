@@ -8,7 +8,8 @@ Groups (randomly initialised models, the ``tiny`` text encoder kind: nothing is 
   the sampling benchmarks, compiled with ``dynamic=None``: the forward's batch compiles static,
   the sampling batches share one recompile with a symbolic batch.
 - ``denoiser training step``: ``GaussianDiffusion.training_loss`` (random t, eps-MSE, condition
-  dropped with p=0.1, per-sample lengths) + backward + Adam step, same shapes.
+  dropped with p=0.1, per-sample lengths) + backward + Adam step, same shapes; on the CPU also at
+  the tiny preset's training shape (D=64, 4 layers, text width 384, B=32, N'=28).
 - ``vae training step``: the paper VAE (channels 96/176/352), forward + loss (features, FK
   positions, velocities, KL) + backward + Adam step on x (B, N, 44, 9): B=128, N=256 on CUDA;
   B=8, N=128 on the CPU.
@@ -23,10 +24,12 @@ Groups (randomly initialised models, the ``tiny`` text encoder kind: nothing is 
 
 Implementations: ``reference`` (backend "reference", eager), ``compiled_reference``
 (``torch.compile`` of that model, inductor), ``fast`` (backend "auto": the Triton kernels on
-CUDA, the C++/CUDA graph convolution) and, on CUDA, ``compiled_fast`` and (sampling)
-``compiled_fast_cudagraphs`` (mode "reduce-overhead"). ``fast`` is skipped where it would run the
-same code as the reference (the denoiser on the CPU: its Triton ops need a GPU); so is the
-compiled denoiser training step on the CPU (minutes of compilation, nothing fast to compare).
+CUDA; the C++ extension's graph convolution, and on the CPU its fused FiLM + residual +
+LayerNorm) and, on CUDA, ``compiled_fast`` and (sampling) ``compiled_fast_cudagraphs`` (mode
+"reduce-overhead"). ``fast`` is skipped where it would run the same code as the reference. On the
+CPU the denoiser training step is the case that compares all four (reference, compiled
+reference, fast, compiled fast: minutes of compilation); elsewhere on the CPU ``compiled_fast`` is
+skipped (its compile time would dominate the run).
 On CUDA the models run under bf16 autocast with fp32 weights, as ``train/`` does; on the CPU in
 fp32. Under ``--benchmark-disable`` everything runs once on the tiny preset, shrunk further.
 
@@ -63,6 +66,9 @@ def pytest_generate_tests(metafunc):
         smoke = metafunc.config.getoption("benchmark_disable", default=False)
         cases = [("tiny", 2)] if smoke else [("tiny", 1), ("tiny", 64), ("paper", 1), ("paper", 64)]
         metafunc.parametrize("case", cases, ids=[f"{p}-{b}" for p, b in cases])
+    if "train_shape" in metafunc.fixturenames:  # denoiser training step: (preset, B, N')
+        shapes = _training_shapes(metafunc.config.getoption("benchmark_disable", default=False))
+        metafunc.parametrize("train_shape", shapes, ids=[f"{p}-B{b}-N{n}" for p, b, n in shapes])
 
 
 def _config(name: str, smoke: bool) -> SALDConfig:
@@ -83,11 +89,11 @@ def _fast_differs(ops: tuple[str, ...]) -> bool:
     return any(dispatch.resolve(op, "auto", device) is not dispatch.resolve(op, "reference", device) for op in ops)
 
 
-def _check_impl(impl: str, ops: tuple[str, ...], smoke: bool) -> str:
+def _check_impl(impl: str, ops: tuple[str, ...], smoke: bool, compiled_fast_on_cpu: bool = False) -> str:
     """The ops backend of ``impl``; skips the implementations that do not apply here."""
     if impl.startswith(("fast", "compiled_fast")) and not _fast_differs(ops):
         pytest.skip(f"fast = reference on {DEVICE}: no {DEVICE} fast path for {', '.join(ops)}")
-    if impl.startswith("compiled_fast") and not CUDA:
+    if impl.startswith("compiled_fast") and not CUDA and not (compiled_fast_on_cpu and impl == "compiled_fast"):
         pytest.skip("compiled fast path: CUDA only (on the CPU its compile time would dominate the run)")
     if impl == "compiled_fast_cudagraphs" and not CUDA:
         pytest.skip("CUDA graphs (reduce-overhead) need a GPU")
@@ -196,12 +202,18 @@ def test_denoiser_forward(timer, smoke, compile_backend, impl):
     assert eps.shape == z.shape and torch.isfinite(eps).all()
 
 
+def _training_shapes(smoke: bool) -> list[tuple[str, int, int]]:
+    """(preset, B, N') of the denoiser training step: the paper shape of the forward benchmark and,
+    on the CPU, the tiny preset's training batch (B=32, N'=28); once at tiny sizes in the smoke run."""
+    if smoke:
+        return [_denoiser_shape(smoke)]
+    return [_denoiser_shape(smoke)] if CUDA else [("tiny", 32, 28), _denoiser_shape(smoke)]
+
+
 @pytest.mark.parametrize("impl", IMPLS)
-def test_denoiser_training_step(timer, smoke, compile_backend, impl):
-    name, B, frames = _denoiser_shape(smoke)
-    backend = _check_impl(impl, DENOISER_OPS, smoke)
-    if impl == "compiled_reference" and not CUDA and not smoke:
-        pytest.skip("denoiser training step, compiled, on the CPU: minutes of compilation and no CPU fast path to compare")
+def test_denoiser_training_step(timer, smoke, compile_backend, impl, train_shape):
+    name, B, frames = train_shape
+    backend = _check_impl(impl, DENOISER_OPS, smoke, compiled_fast_on_cpu=True)
     cfg = _config(name, smoke)
     diffusion = GaussianDiffusion(cfg.diffusion).to(DEVICE)
 

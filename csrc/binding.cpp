@@ -1,4 +1,5 @@
-// torch.library registration of the sparse skeletal graph convolution (namespace sald_fast_ext).
+// torch.library registration of the sparse skeletal graph convolution and the fused FiLM +
+// residual + LayerNorm (namespace sald_fast_ext).
 //
 // Ops (functional; fake implementations and autograd are registered from Python in
 // sald_fast/ops/extension_backend.py, where symbolic shapes come for free):
@@ -6,10 +7,19 @@
 //   graph_conv_backward(grad_out, h, indptr, indices, w_self, w_neigh, has_bias, compute_dh,
 //                       compute_dw) -> (dh, dw_self, dw_neigh, dbias)   (unneeded ones are (0,))
 //   csr_mean_aggregate(x, indptr, indices, transpose) -> A x  (or A^T x)
+//   film_layernorm(z, h, gamma, beta, weight?, bias?, eps) -> (z', y)          (CPU kernels only)
+//   film_layernorm_backward(grad_z?, grad_y?, z_new, h, gamma, weight?, bias?, eps, compute_dz,
+//                           compute_dh, compute_dfilm, compute_daffine)
+//       -> (dz, dh, dgamma, dbeta, dweight, dbias)   (unneeded / absent ones are (0,) in z's dtype)
 // with h (B, N, J, C_in) (any strides), CSR neighbourhoods (indptr (J+1,), indices (nnz,),
 // int32/int64, self loops included, rows sorted), w_* (C_out, C_in), bias (C_out,).
 //
-// Kernels: CPU in csrc/cpu/graph_conv.cpp (fused per tile). CUDA (compiled only with
+// FiLM + LN: z, h (B, N, J, D) (any strides), gamma, beta (B, D) in z's dtype, weight, bias (D,)
+// of any float dtype; z' = z + gamma h + beta, y = LayerNorm(z') * weight + bias. Kernels in
+// csrc/cpu/film_layernorm.cpp; dgamma / dbeta come back in gamma's dtype, dweight / dbias in
+// weight's / bias's.
+//
+// Graph convolution kernels: CPU in csrc/cpu/graph_conv.cpp (fused per tile). CUDA (compiled only with
 // SALD_FAST_WITH_CUDA): the CSR gathers of csrc/cuda/graph_conv.cu build [h | A h] (and A^T g in
 // the backward) and cuBLAS (at::addmm / at::mm) does the products with W_cat = [W_self | W_neigh].
 //
@@ -43,6 +53,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> graph_conv_backward(
     const at::Tensor& w_cat, bool has_bias, bool compute_dh, bool compute_dw);
 at::Tensor csr_mean_aggregate(const at::Tensor& x, const at::Tensor& indptr, const at::Tensor& indices,
                               bool transpose);
+std::tuple<at::Tensor, at::Tensor> film_layernorm_forward(const at::Tensor& z, const at::Tensor& h,
+                                                          const at::Tensor& gamma, const at::Tensor& beta,
+                                                          const at::Tensor& weight, const at::Tensor& bias,
+                                                          double eps);
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> film_layernorm_backward(
+    const at::Tensor& grad_z, const at::Tensor& grad_y, const at::Tensor& z_new, const at::Tensor& h,
+    const at::Tensor& gamma, const at::Tensor& weight, double eps, bool compute_dz, bool compute_dh,
+    bool compute_dfilm, bool compute_dweight, bool compute_dbias);
 }  // namespace cpu
 
 namespace {
@@ -193,6 +211,86 @@ at::Tensor csr_mean_aggregate_cpu(const at::Tensor& x_in, const at::Tensor& indp
   auto [ip, ix] = csr_int64(indptr, indices);
   check_csr_values(op, ip, ix, x_in.size(2));
   return cpu::csr_mean_aggregate(unit_channel_stride(x_in), ip, ix, transpose);
+}
+
+// ------------------------------------------------------------------------- FiLM + residual + LN
+
+// z, h (B, N, J, D) one float dtype; gamma, beta (B, D) in z's dtype; weight, bias (D,) any float
+// dtype or absent; all on z's device.
+void check_film(const char* op, const at::Tensor& z, const at::Tensor& h, const at::Tensor& gamma,
+                const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& bias) {
+  check_float(op, "z", z);
+  TORCH_CHECK_VALUE(z.dim() == 4, op, ": z must be (B, N, J, D), got shape ", z.sizes());
+  check_float(op, "h", h);
+  check_same(op, "h", h, z, "z");
+  TORCH_CHECK_VALUE(h.sizes() == z.sizes(), op, ": h has shape ", h.sizes(), " but z has ", z.sizes());
+  check_float(op, "gamma", gamma);
+  check_same(op, "gamma", gamma, z, "z");
+  TORCH_CHECK_VALUE(gamma.dim() == 2 && gamma.size(0) == z.size(0) && gamma.size(1) == z.size(3), op,
+                    ": gamma must be (B, D) = (", z.size(0), ", ", z.size(3), "), got shape ", gamma.sizes());
+  const char* names[2] = {"weight", "bias"};
+  const std::optional<at::Tensor>* ts[2] = {&weight, &bias};
+  for (int q = 0; q < 2; ++q) {
+    if (!ts[q]->has_value() || !(*ts[q])->defined()) continue;
+    const at::Tensor& t = **ts[q];
+    check_float(op, names[q], t);
+    TORCH_CHECK_VALUE(t.device() == z.device(), op, ": ", names[q], " is on ", t.device(), " but z is on ",
+                      z.device());
+    TORCH_CHECK_VALUE(t.dim() == 1 && t.size(0) == z.size(3), op, ": ", names[q], " must be (D,) = (", z.size(3),
+                      ",), got shape ", t.sizes());
+  }
+}
+
+at::Tensor acc_contiguous(const std::optional<at::Tensor>& t, at::ScalarType acc) {
+  return t.has_value() && t->defined() ? t->to(acc).contiguous() : at::Tensor();
+}
+
+bool given(const std::optional<at::Tensor>& t) { return t.has_value() && t->defined(); }
+
+std::tuple<at::Tensor, at::Tensor> film_layernorm_cpu(const at::Tensor& z_in, const at::Tensor& h_in,
+                                                      const at::Tensor& gamma, const at::Tensor& beta,
+                                                      const std::optional<at::Tensor>& weight,
+                                                      const std::optional<at::Tensor>& bias, double eps) {
+  const char* op = "sald_fast_ext::film_layernorm";
+  check_film(op, z_in, h_in, gamma, weight, bias);
+  check_float(op, "beta", beta);
+  check_same(op, "beta", beta, z_in, "z");
+  TORCH_CHECK_VALUE(beta.sizes() == gamma.sizes(), op, ": beta must be (B, D) = (", z_in.size(0), ", ", z_in.size(3),
+                    "), got shape ", beta.sizes());
+  const at::ScalarType acc = acc_type(z_in);
+  return cpu::film_layernorm_forward(unit_channel_stride(z_in), unit_channel_stride(h_in), gamma.to(acc).contiguous(),
+                                     beta.to(acc).contiguous(), acc_contiguous(weight, acc), acc_contiguous(bias, acc),
+                                     eps);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> film_layernorm_backward_cpu(
+    const std::optional<at::Tensor>& grad_z, const std::optional<at::Tensor>& grad_y, const at::Tensor& z_new,
+    const at::Tensor& h, const at::Tensor& gamma, const std::optional<at::Tensor>& weight,
+    const std::optional<at::Tensor>& bias, double eps, bool compute_dz, bool compute_dh, bool compute_dfilm,
+    bool compute_daffine) {
+  const char* op = "sald_fast_ext::film_layernorm_backward";
+  check_film(op, z_new, h, gamma, weight, bias);
+  const char* names[2] = {"grad_z", "grad_y"};
+  const std::optional<at::Tensor>* grads[2] = {&grad_z, &grad_y};
+  at::Tensor g[2];
+  for (int q = 0; q < 2; ++q) {
+    if (!given(*grads[q])) continue;
+    const at::Tensor& t = **grads[q];
+    check_float(op, names[q], t);
+    check_same(op, names[q], t, z_new, "z_new");
+    TORCH_CHECK_VALUE(t.sizes() == z_new.sizes(), op, ": ", names[q], " has shape ", t.sizes(), " but z_new has ",
+                      z_new.sizes());
+    g[q] = unit_channel_stride(t);
+  }
+  const at::ScalarType acc = acc_type(z_new);
+  const bool dweight = compute_daffine && given(weight), dbias = compute_daffine && given(bias);
+  auto [dz, dh, dgamma, dbeta, dw, db] = cpu::film_layernorm_backward(
+      g[0], g[1], unit_channel_stride(z_new), unit_channel_stride(h), gamma.to(acc).contiguous(),
+      acc_contiguous(weight, acc), eps, compute_dz, compute_dh, compute_dfilm, dweight, dbias);
+  const at::Tensor none = at::empty({0}, z_new.options());
+  return {dz, dh, compute_dfilm ? dgamma.to(gamma.scalar_type()) : none,
+          compute_dfilm ? dbeta.to(gamma.scalar_type()) : none, dweight ? dw.to(weight->scalar_type()) : none,
+          dbias ? db.to(bias->scalar_type()) : none};
 }
 
 // ------------------------------------------------------------------------------------------ CUDA
@@ -348,12 +446,20 @@ TORCH_LIBRARY(sald_fast_ext, m) {
       "graph_conv_backward(Tensor grad_out, Tensor h, Tensor indptr, Tensor indices, Tensor w_self, Tensor w_neigh, "
       "bool has_bias, bool compute_dh, bool compute_dw) -> (Tensor, Tensor, Tensor, Tensor)");
   m.def("csr_mean_aggregate(Tensor x, Tensor indptr, Tensor indices, bool transpose) -> Tensor");
+  m.def("film_layernorm(Tensor z, Tensor h, Tensor gamma, Tensor beta, Tensor? weight, Tensor? bias, float eps) "
+        "-> (Tensor, Tensor)");
+  m.def(
+      "film_layernorm_backward(Tensor? grad_z, Tensor? grad_y, Tensor z_new, Tensor h, Tensor gamma, Tensor? weight, "
+      "Tensor? bias, float eps, bool compute_dz, bool compute_dh, bool compute_dfilm, bool compute_daffine) "
+      "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(sald_fast_ext, CPU, m) {
   m.impl("graph_conv", &sald_fast_ext::graph_conv_cpu);
   m.impl("graph_conv_backward", &sald_fast_ext::graph_conv_backward_cpu);
   m.impl("csr_mean_aggregate", &sald_fast_ext::csr_mean_aggregate_cpu);
+  m.impl("film_layernorm", &sald_fast_ext::film_layernorm_cpu);
+  m.impl("film_layernorm_backward", &sald_fast_ext::film_layernorm_backward_cpu);
 }
 
 #ifdef SALD_FAST_WITH_CUDA

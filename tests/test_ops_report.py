@@ -20,6 +20,8 @@ from sald_fast.ops import dispatch, reference
 from sald_fast.skeleton import SIGNING_SKELETON
 
 REPO = Path(__file__).resolve().parents[1]
+# The ops the C++ extension (backend "cuda") implements for CPU tensors; auto takes it for both on the CPU.
+EXTENSION_OPS = ("film_residual_layernorm", "skeletal_graph_conv")
 
 
 def _extension_loads() -> bool:
@@ -38,7 +40,8 @@ def no_extension(monkeypatch, fresh_notes):
     monkeypatch.setattr(dispatch, "_loaded", {b for b in dispatch._loaded if b != "cuda"})
     monkeypatch.setattr(dispatch, "_load_errors", {})
     monkeypatch.setitem(dispatch._BACKEND_MODULES, "cuda", "sald_fast.ops._no_such_extension")
-    monkeypatch.delitem(dispatch._IMPLS["skeletal_graph_conv"], "cuda", raising=False)
+    for op in EXTENSION_OPS:
+        monkeypatch.delitem(dispatch._IMPLS[op], "cuda", raising=False)
 
 
 def _ops_records(caplog) -> list[logging.LogRecord]:
@@ -58,7 +61,8 @@ def test_line_for_cpu_auto_names_every_op_and_its_implementation():
     report = ops.backend_report(torch.device("cpu"), "auto")
     assert list(report) == list(ops.OPS)
     expected = {op: "reference" for op in ops.OPS}
-    expected["skeletal_graph_conv"] = "extension" if _extension_loads() else "reference"
+    for op in EXTENSION_OPS:
+        expected[op] = "extension" if _extension_loads() else "reference"
     assert report == expected
     assert line == "ops on cpu (backend auto): " + " ".join(f"{op}={impl}" for op, impl in expected.items())
     assert "\n" not in line
@@ -90,11 +94,12 @@ def test_requested_backend_without_the_op_is_reported_unavailable(caplog, fresh_
     for _ in range(2):
         report = ops.backend_report("cpu", "cuda")
     assert report["skeletal_graph_conv"] == "extension"
-    assert report["film_residual_layernorm"] == "unavailable"
-    with pytest.raises(RuntimeError, match="backend 'cuda' has no implementation of film_residual_layernorm"):
-        dispatch.resolve("film_residual_layernorm", "cuda", torch.device("cpu"))
+    assert report["film_residual_layernorm"] == "extension"
+    assert report["temporal_attention"] == "unavailable"
+    with pytest.raises(RuntimeError, match="backend 'cuda' has no implementation of temporal_attention"):
+        dispatch.resolve("temporal_attention", "cuda", torch.device("cpu"))
     messages = [r.getMessage() for r in _ops_records(caplog)]
-    assert len(messages) == 3 and all("raises" in m for m in messages), messages  # once per op, not per call
+    assert len(messages) == 2 and all("raises" in m for m in messages), messages  # once per op, not per call
 
 
 def test_bad_backend_name():
@@ -116,8 +121,10 @@ def test_auto_fallback_logs_the_reason_once(caplog, no_extension):
     assert ops.backend_report("cpu", "auto")["skeletal_graph_conv"] == "reference"
     ops.prepare("auto", "cpu")
     records = _ops_records(caplog)
-    assert len(records) == 1, [r.getMessage() for r in records]
-    record = records[0]
+    # one notice per op auto would have taken from the extension, none repeated
+    assert sorted(r.getMessage().split(" on ")[0] for r in records) == [f"auto: {op}" for op in EXTENSION_OPS], \
+        [r.getMessage() for r in records]
+    record = next(r for r in records if "skeletal_graph_conv" in r.getMessage())
     assert record.name == "sald_fast.ops" and record.levelno == logging.WARNING
     assert record.getMessage().startswith("auto: skeletal_graph_conv on cpu uses the reference: extension unavailable "
                                           "(ModuleNotFoundError: No module named 'sald_fast.ops._no_such_extension'")
@@ -288,11 +295,13 @@ def test_compiled_models_trace_with_no_dynamo_warnings_or_graph_breaks(tmp_path,
     assert result["vae_close"] and result["denoiser_close"]
     if compiler == "missing":
         assert result["line"].endswith("skeletal_graph_conv=reference")
+        assert "film_residual_layernorm=reference" in result["line"]
         notices = [ln for ln in proc.stderr.splitlines() if ln.startswith("auto: ")]
-        assert notices == ["auto: skeletal_graph_conv on cpu uses the reference: extension unavailable "
-                           "(ImportError: sald_fast extension: no C++ compiler found "
-                           f"({str(tmp_path / 'no-such-compiler')!r} is not on PATH); install g++ or set CXX "
-                           "to build backend 'cuda')"], proc.stderr[-5000:]
+        reason = ("extension unavailable (ImportError: sald_fast extension: no C++ compiler found "
+                  f"({str(tmp_path / 'no-such-compiler')!r} is not on PATH); install g++ or set CXX "
+                  "to build backend 'cuda')")
+        assert sorted(notices) == [f"auto: {op} on cpu uses the reference: {reason}" for op in EXTENSION_OPS], \
+            proc.stderr[-5000:]
     elif result["line"].endswith("skeletal_graph_conv=extension"):  # the build worked: it ran at construction
         assert result["loaded_at_construction"]
         assert any((tmp_path / "ext-cache").glob("ext-*/*.so"))

@@ -39,9 +39,13 @@ _BACKEND_MODULES = {
 }
 # What the fallback messages call each backend.
 _LABELS = {"reference": "the reference", "triton": "Triton", "cuda": "extension"}
-# For `auto`: which backends to try per op, fastest first; the reference always works.
+# For `auto`: which backends to try per op, fastest first; the reference always works. On the CPU,
+# film_residual_layernorm takes the extension's fused kernel: one eager training step of the tiny
+# denoiser (B=32, N'=28, 1 thread) took 0.93-0.97x the time of the all-reference step (median
+# 0.94x over five interleaved runs; FiLM + residual + LayerNorm is ~9% of that step in eager
+# PyTorch), the paper shape (B=4, N'=64) 0.99x; under torch.compile it is neutral (1.00x).
 _AUTO_ORDER = {
-    "film_residual_layernorm": {"cuda_device": ("triton",), "cpu_device": ()},
+    "film_residual_layernorm": {"cuda_device": ("triton",), "cpu_device": ("cuda",)},
     "temporal_attention": {"cuda_device": ("triton",), "cpu_device": ()},
     "skeletal_attention": {"cuda_device": ("triton",), "cpu_device": ()},
     "skeletal_graph_conv": {"cuda_device": ("cuda",), "cpu_device": ("cuda",)},

@@ -19,6 +19,11 @@ Ops, in the ``sald_fast_ext`` torch.library namespace (schemas in ``csrc/binding
   compiled training graphs hold no Python autograd.Function.
 - ``csr_mean_aggregate(x, indptr, indices, transpose) -> A x`` (or ``A^T x``), ``A`` the row-mean
   neighbourhood matrix; differentiable (its gradient is the other one).
+- ``film_layernorm(z, h, gamma, beta, weight?, bias?, eps) -> (z', y)``: the fused FiLM + residual
+  + LayerNorm, CPU kernels only (``csrc/cpu/film_layernorm.cpp``; CUDA tensors get the
+  reference); its backward ``film_layernorm_backward(grad_z?, grad_y?, z_new, h, gamma, weight?,
+  bias?, eps, compute_dz, compute_dh, compute_dfilm, compute_daffine) -> (dz, dh, dgamma, dbeta,
+  dweight, dbias)`` is an op too (it recomputes the row statistics from the saved z').
 
 Fake (meta) implementations and autograd are registered here with ``torch.library``, so
 ``torch.compile(fullgraph=True)`` traces through the ops with no graph breaks.
@@ -42,16 +47,16 @@ from torch.utils import cpp_extension
 from . import dispatch as _dispatch
 from .dispatch import register
 
-__all__ = ["NAMESPACE", "CSRC_DIR", "WITH_CUDA", "DEVICE_TYPES", "BUILD_DIR", "BUILD_SECONDS", "skeletal_graph_conv",
-           "csr_mean_aggregate", "load_extension"]
+__all__ = ["NAMESPACE", "CSRC_DIR", "WITH_CUDA", "DEVICE_TYPES", "FILM_DEVICE_TYPES", "BUILD_DIR", "BUILD_SECONDS",
+           "skeletal_graph_conv", "film_residual_layernorm", "csr_mean_aggregate", "load_extension"]
 
 logger = logging.getLogger(__name__)
 
 NAMESPACE = "sald_fast_ext"
 CSRC_DIR = Path(__file__).resolve().parents[2] / "csrc"
-_CPU_SOURCES = ("binding.cpp", "cpu/graph_conv.cpp")
+_CPU_SOURCES = ("binding.cpp", "cpu/graph_conv.cpp", "cpu/film_layernorm.cpp")
 _CUDA_SOURCES = ("cuda/graph_conv.cu",)
-_HEADERS = ("cuda/graph_conv.h",)
+_HEADERS = ("cuda/graph_conv.h", "cpu/film_layernorm_kernels.h")
 _CFLAGS = ("-O3", "-fopenmp")
 _LDFLAGS = ("-fopenmp",)
 _CUDA_CFLAGS = ("-O3",)
@@ -139,8 +144,8 @@ try:
     BUILD_DIR, WITH_CUDA, BUILD_SECONDS = load_extension(verbose=os.environ.get("SALD_FAST_EXT_VERBOSE") == "1")
 except ImportError as _exc:
     if not _dispatch._importing:  # through the dispatcher, it logs the fallback (auto) or raises (cuda)
-        logger.warning("sald_fast: C++/CUDA extension unavailable, skeletal_graph_conv uses the reference (%s)",
-                       str(_exc).splitlines()[0])
+        logger.warning("sald_fast: C++/CUDA extension unavailable, skeletal_graph_conv and film_residual_layernorm "
+                       "use the reference (%s)", str(_exc).splitlines()[0])
     raise
 logger.info("sald_fast: extension ready in %.1f s (%s, CUDA kernels: %s)", BUILD_SECONDS, BUILD_DIR, WITH_CUDA)
 
@@ -169,6 +174,22 @@ def _graph_conv_backward_fake(grad_out, h, indptr, indices, w_self, w_neigh, has
 @torch.library.register_fake(f"{NAMESPACE}::csr_mean_aggregate")
 def _csr_mean_aggregate_fake(x, indptr, indices, transpose):
     return x.new_empty(x.shape)
+
+
+@torch.library.register_fake(f"{NAMESPACE}::film_layernorm")
+def _film_layernorm_fake(z, h, gamma, beta, weight=None, bias=None, eps=1e-5):
+    torch._check(z.dim() == 4, lambda: f"z must be (B, N, J, D), got {tuple(z.shape)}")
+    return z.new_empty(z.shape), z.new_empty(z.shape)
+
+
+@torch.library.register_fake(f"{NAMESPACE}::film_layernorm_backward")
+def _film_layernorm_backward_fake(grad_z, grad_y, z_new, h, gamma, weight, bias, eps, compute_dz, compute_dh,
+                                  compute_dfilm, compute_daffine):
+    def like(t, wanted):  # unwanted / absent outputs are (0,) in z_new's dtype, as the kernel returns them
+        return t.new_empty(t.shape) if wanted else z_new.new_empty((0,))
+
+    return (like(z_new, compute_dz), like(z_new, compute_dh), like(gamma, compute_dfilm), like(gamma, compute_dfilm),
+            like(weight, compute_daffine and weight is not None), like(bias, compute_daffine and bias is not None))
 
 
 # ------------------------------------------------------------------------------------- autograd
@@ -207,23 +228,46 @@ torch.library.register_autograd(f"{NAMESPACE}::csr_mean_aggregate", _aggregate_b
                                 setup_context=_aggregate_setup)
 
 
+def _film_setup(ctx, inputs, output):
+    z, h, gamma, beta, weight, bias, eps = inputs
+    ctx.save_for_backward(output[0], h, gamma, weight, bias)
+    ctx.eps = eps
+
+
+def _film_backward(ctx, grad_z, grad_y):
+    z_new, h, gamma, weight, bias = ctx.saved_tensors
+    need = ctx.needs_input_grad
+    compute_dfilm, compute_daffine = bool(need[2] or need[3]), bool(need[4] or need[5])
+    dz, dh, dgamma, dbeta, dweight, dbias = _ops.film_layernorm_backward(
+        grad_z, grad_y, z_new, h, gamma, weight, bias, ctx.eps, bool(need[0]), bool(need[1]), compute_dfilm,
+        compute_daffine)
+    return (dz if need[0] else None, dh if need[1] else None, dgamma if need[2] else None,
+            dbeta if need[3] else None, dweight if weight is not None and need[4] else None,
+            dbias if bias is not None and need[5] else None, None)
+
+
+torch.library.register_autograd(f"{NAMESPACE}::film_layernorm", _film_backward, setup_context=_film_setup)
+
+
 # --------------------------------------------------------------------------------- public calls
 
 _fallback_noted: set[str] = set()
 
 
 DEVICE_TYPES = ("cpu", "cuda") if WITH_CUDA else ("cpu",)
+FILM_DEVICE_TYPES = ("cpu",)  # film_layernorm has CPU kernels only (CUDA: the Triton backend)
 
 
-def _runs_here(device: torch.device) -> bool:
-    return device.type in DEVICE_TYPES
+def _runs_here(device: torch.device, devices: tuple[str, ...] = DEVICE_TYPES) -> bool:
+    return device.type in devices
 
 
-def _note_fallback(device: torch.device) -> None:
-    if not torch.compiler.is_compiling() and device.type not in _fallback_noted:
-        _fallback_noted.add(device.type)
-        logger.warning("sald_fast: the extension has no %s kernels in this build; skeletal_graph_conv uses the "
-                       "reference on %s tensors", device.type, device.type)
+def _note_fallback(device: torch.device, op: str = "skeletal_graph_conv") -> None:
+    key = f"{op}:{device.type}"
+    if not torch.compiler.is_compiling() and key not in _fallback_noted:
+        _fallback_noted.add(key)
+        logger.warning("sald_fast: the extension has no %s kernels in this build; %s uses the reference on %s tensors",
+                       device.type, op, device.type)
 
 
 def skeletal_graph_conv(h: Tensor, indptr: Tensor, indices: Tensor, w_self: Tensor, w_neigh: Tensor,
@@ -242,6 +286,23 @@ def skeletal_graph_conv(h: Tensor, indptr: Tensor, indices: Tensor, w_self: Tens
     return _ops.graph_conv(h, indptr, indices, w_self, w_neigh, bias)
 
 
+def film_residual_layernorm(z: Tensor, h: Tensor, gamma: Tensor, beta: Tensor, weight: Optional[Tensor] = None,
+                            bias: Optional[Tensor] = None, eps: float = 1e-5) -> tuple[Tensor, Tensor]:
+    """``z' = z + gamma * h + beta``, ``y = LayerNorm(z')`` (affine when weight / bias given), fused.
+
+    z, h: (B, N, J, D), any strides; gamma, beta: (B, D); weight, bias: (D,) or None. Returns
+    (z', y), contiguous, in z's dtype (fp32 statistics for fp16/bf16, fp64 for fp64). CPU tensors
+    run the extension's kernels; others the reference (logged once).
+    """
+    if not _runs_here(z.device, FILM_DEVICE_TYPES):
+        _note_fallback(z.device, "film_residual_layernorm")
+        from .reference import film_residual_layernorm as reference
+
+        return reference(z, h, gamma, beta, weight, bias, eps)
+    z_new, y = _ops.film_layernorm(z, h, gamma, beta, weight, bias, float(eps))
+    return z_new, y
+
+
 def csr_mean_aggregate(x: Tensor, indptr: Tensor, indices: Tensor, transpose: bool = False) -> Tensor:
     """The neighbourhood mean ``(A x)_i = mean_{j in N(i)} x_j`` per frame (``A^T x`` if ``transpose``).
 
@@ -252,3 +313,4 @@ def csr_mean_aggregate(x: Tensor, indptr: Tensor, indices: Tensor, transpose: bo
 
 # The dispatcher sends tensors on other devices to the reference itself (and logs it once).
 register("skeletal_graph_conv", "cuda", skeletal_graph_conv, devices=DEVICE_TYPES)
+register("film_residual_layernorm", "cuda", film_residual_layernorm, devices=FILM_DEVICE_TYPES)
