@@ -266,7 +266,9 @@ class Trainer:
         self.best_val = float("inf")
         self.train_model: torch.nn.Module = model
         if compile:
-            self.train_model = torch.compile(model)
+            # length buckets give batches of several lengths: compile for dynamic shapes at once
+            # instead of a static graph first and a dynamic recompile at the second length
+            self.train_model = torch.compile(model, dynamic=True if self.bucket_by_length else None)
         if dist_info.enabled:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
