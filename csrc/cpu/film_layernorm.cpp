@@ -159,17 +159,6 @@ void backward_impl(const at::Tensor& grad_z, const at::Tensor& grad_y, const at:
   if (dbias.numel() > 0) add_rows(dbias.data_ptr<acc_t>(), p_bias, items);
 }
 
-template <typename F>
-void dispatch_float(at::ScalarType t, const char* name, F&& f) {
-  switch (t) {
-    case at::kFloat: f(float{}); break;
-    case at::kDouble: f(double{}); break;
-    case at::kHalf: f(at::Half{}); break;
-    case at::kBFloat16: f(at::BFloat16{}); break;
-    default: TORCH_CHECK_TYPE(false, name, ": unsupported dtype ", t);
-  }
-}
-
 }  // namespace
 
 // z, h (B, N, J, D) in one dtype, channel stride 1; gamma, beta (B, D) contiguous in the

@@ -7,6 +7,8 @@
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
+#include "common.h"
+
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -20,15 +22,6 @@ namespace film {
 #else
 #define SALD_FAST_CLONES
 #endif
-
-template <typename T>
-struct Acc {
-  using type = float;
-};
-template <>
-struct Acc<double> {
-  using type = double;
-};
 
 // Rows of a (B, N, J, D) tensor with channel stride 1; zero strides repeat one row.
 template <typename T>

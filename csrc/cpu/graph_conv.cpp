@@ -27,6 +27,8 @@
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
+#include "common.h"
+
 #include <algorithm>
 #include <cstdlib>
 #include <cstdint>
@@ -59,15 +61,6 @@ namespace {
 #define SALD_FAST_TILE_ROWS 512
 #endif
 constexpr int64_t kTileRows = SALD_FAST_TILE_ROWS;
-
-template <typename T>
-struct Acc {
-  using type = float;
-};
-template <>
-struct Acc<double> {
-  using type = double;
-};
 
 template <typename acc_t>
 inline at::ScalarType acc_scalar_type() {
@@ -381,17 +374,6 @@ void aggregate_impl(const at::Tensor& x, const int64_t* indptr, const int64_t* i
         for (int64_t c = 0; c < C; ++c) o[c] = static_cast<scalar_t>(a[c]);
       }
     }
-  }
-}
-
-template <typename F>
-void dispatch_float(at::ScalarType t, const char* name, F&& f) {
-  switch (t) {
-    case at::kFloat: f(float{}); break;
-    case at::kDouble: f(double{}); break;
-    case at::kHalf: f(at::Half{}); break;
-    case at::kBFloat16: f(at::BFloat16{}); break;
-    default: TORCH_CHECK_TYPE(false, name, ": unsupported dtype ", t);
   }
 }
 
