@@ -360,14 +360,15 @@ class Denoiser(nn.Module):
     def forward(self, z_t: torch.Tensor, t: torch.Tensor | int | float, text: torch.Tensor | None = None,
                 text_mask: torch.Tensor | None = None, lengths: torch.Tensor | None = None,
                 drop_text: torch.Tensor | None = None, *, text_context: TextContext | None = None) -> torch.Tensor:
-        """Predict the noise in ``z_t``.
+        """Predict the diffusion target of ``z_t`` (the noise, the clean latent or v, as the
+        ``DiffusionConfig.prediction_type`` it was trained with says).
 
         z_t: (B, N', J', d_z) float; t: (B,) int or float timesteps (a scalar is broadcast);
         text: (B, L, text_dim) float or None (unconditional: every sample gets the null token);
         text_mask: (B, L) bool, True = real token (None: all real); lengths: (B,) int in [1, N']
         valid latent frames (None: all); drop_text: (B,) bool, True = use the null token for that
         sample. ``text_context`` (keyword): keys/values from :meth:`encode_text` to use instead of
-        ``text``/``text_mask``/``drop_text``. Returns eps (B, N', J', d_z) in z_t's dtype; outputs on
+        ``text``/``text_mask``/``drop_text``. Returns the prediction (B, N', J', d_z) in z_t's dtype; outputs on
         valid frames do not depend on the content of padded frames.
         """
         t = self._check_inputs(z_t, t, lengths)

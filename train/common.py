@@ -307,15 +307,9 @@ class Trainer:
         bs = self.batch_size
         batches = [mine[i * bs:(i + 1) * bs] for i in range(self.steps_per_epoch)]
         if self.bucket_by_length:
-            lengths = self.train_set.lengths
-            used = [i for b in batches for i in b]
-            chunk = 16 * bs
-            batches = []
-            for c in range(0, len(used), chunk):
-                part = sorted(used[c:c + chunk], key=lambda i: int(lengths[i]))
-                batches += [part[j:j + bs] for j in range(0, len(part), bs)]
-            order = torch.randperm(len(batches), generator=g).tolist()
-            batches = [batches[i] for i in order]
+            from .data import length_buckets
+
+            batches = length_buckets(batches, self.train_set.lengths, g)
         return batches
 
     def _batch(self, dataset, indices: list[int]):

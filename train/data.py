@@ -11,7 +11,7 @@ from sald_fast.config import SALDConfig
 from sald_fast.data import load_clips
 from sald_fast.data.dataset import MotionTextDataset, collate
 
-__all__ = ["load_split_datasets", "load_split_clips", "padding_mask", "trimmed", "TRIM_MULTIPLE"]
+__all__ = ["load_split_datasets", "load_split_clips", "padding_mask", "trimmed", "length_buckets", "TRIM_MULTIPLE"]
 
 TRIM_MULTIPLE = 16  # batches trimmed to their longest clip are rounded up to this many frames
 
@@ -23,6 +23,22 @@ def load_split_clips(data: str, root: str | None, skip_bad: bool, split: str):
     if data == "how2sign":
         kwargs["skip_bad"] = skip_bad
     return load_clips(data, split, **kwargs)
+
+
+def length_buckets(batches: list[list[int]], lengths, generator: torch.Generator, chunk_batches: int = 16
+                   ) -> list[list[int]]:
+    """The same items in batches of similar length: ``batches`` (one epoch's random batches) are
+    cut into chunks of ``chunk_batches`` batches whose items are sorted by ``lengths[i]`` and
+    re-batched; the batch order is then shuffled with ``generator``."""
+    if not batches:
+        return []
+    size = len(batches[0])
+    used = [i for b in batches for i in b]
+    out: list[list[int]] = []
+    for c in range(0, len(used), chunk_batches * size):
+        part = sorted(used[c:c + chunk_batches * size], key=lambda i: int(lengths[i]))
+        out += [part[j:j + size] for j in range(0, len(part), size)]
+    return [out[i] for i in torch.randperm(len(out), generator=generator).tolist()]
 
 
 def trimmed(collate_fn, multiple: int = TRIM_MULTIPLE, keys: tuple[str, ...] = ("features",),

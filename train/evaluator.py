@@ -137,11 +137,9 @@ def fit_evaluator(train_clips: Sequence[dict], val_clips: Sequence[dict] | None,
         perm = torch.randperm(len(train_set), generator=g).tolist()
         batches = [perm[b * batch_size:(b + 1) * batch_size] for b in range(steps_per_epoch)]
         if bucket_by_length:
-            used, chunk, batches = [i for b in batches for i in b], 16 * batch_size, []
-            for c in range(0, len(used), chunk):
-                part = sorted(used[c:c + chunk], key=lambda i: train_set.lengths[i])
-                batches += [part[j:j + batch_size] for j in range(0, len(part), batch_size)]
-            batches = [batches[i] for i in torch.randperm(len(batches), generator=g).tolist()]
+            from .data import length_buckets
+
+            batches = length_buckets(batches, train_set.lengths, g)
         for b in range(steps_per_epoch):
             if step >= total:
                 break
