@@ -268,6 +268,45 @@ def test_stconv_matches_dense_oracle_and_uses_ops(monkeypatch):
     assert n_conv == 12 and calls == ["reference"] * n_conv
 
 
+@pytest.mark.parametrize("K, N, dtype", [(3, 7, torch.float32), (5, 12, torch.float32), (1, 5, torch.float32),
+                                         (3, 9, torch.bfloat16)])
+def test_stconv_temporal_part_forward_backward_vs_conv1d(K, N, dtype):
+    """F_temp runs as a (K, 1) conv2d over the channels-last view of h (no layout copies); it
+    must equal nn.Conv1d over frames on the (B*J, C, N) copy computed in float64, values and
+    gradients, also for a non-contiguous input and odd N. Tolerances: fp32 1e-5 (values, input
+    gradient) and 1e-4 (weight gradient: sums of B*J*N ~ 400-1600 products); bf16 3% of the
+    largest magnitude (bf16 keeps 8 bits)."""
+    torch.manual_seed(2)
+    skel = pooling_hierarchy(7).levels[0]
+    conv = STConv(skel, 6, 5, temporal_kernel=K)
+    with torch.no_grad():  # isolate F_temp: no graph convolution
+        conv.w_self.zero_(), conv.w_neigh.zero_(), conv.bias.zero_()
+    B, J = 3, skel.num_joints
+    base = torch.randn(B, J, N, 6)
+    g = torch.randn(B, N, J, 5)
+
+    h64 = base.double().transpose(1, 2).requires_grad_(True)
+    w64 = conv.temporal.weight.detach().double().requires_grad_(True)
+    ref = F.conv1d(h64.permute(0, 2, 3, 1).reshape(B * J, 6, N), w64, padding=K // 2)
+    ref = ref.view(B, J, 5, N).permute(0, 3, 1, 2)
+    ref_dh, ref_dw = torch.autograd.grad(ref, (h64, w64), g.double())
+
+    conv = conv.to(dtype)
+    h = base.to(dtype).transpose(1, 2).requires_grad_(True)  # (B, N, J, C), non-contiguous
+    assert not h.is_contiguous()
+    out = conv(h)
+    assert out.shape == (B, N, J, 5) and out.dtype == dtype
+    dh, dw = torch.autograd.grad(out, (h, conv.temporal.weight), g.to(dtype))
+
+    def close(got, want, tol):
+        atol = tol if dtype == torch.float32 else 0.03 * float(want.abs().max())
+        torch.testing.assert_close(got.double(), want, rtol=tol if dtype == torch.float32 else 0.03, atol=atol)
+
+    close(out, ref, 1e-5)
+    close(dh, ref_dh, 1e-5)
+    close(dw, ref_dw, 1e-4)
+
+
 def test_stpool_and_stunpool_match_loops():
     torch.manual_seed(2)
     hier = pooling_hierarchy(7)
