@@ -2,7 +2,7 @@
 // and a dtype switch over the float types the ops accept.
 #pragma once
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 
 namespace sald_fast_ext {
 namespace cpu {
