@@ -212,7 +212,7 @@ def _tiny() -> SALDConfig:
                                 max_latent_frames=64),
         diffusion=DiffusionConfig(sample_steps=10, guidance=1.5, prediction_type="sample"),
         text=TextConfig(kind="minilm", max_tokens=24),
-        train=TrainConfig(vae_epochs=6, vae_batch=32, denoiser_epochs=13, denoiser_batch=32,
+        train=TrainConfig(vae_epochs=7, vae_batch=32, denoiser_epochs=13, denoiser_batch=32,
                           evaluator_epochs=10, evaluator_batch=32, num_frames=112, ckpt_every=100,
                           vae_lr=2e-3, vae_lr_schedule="cosine", warmup_steps=50, ema_decay=0.999,
                           bucket_by_length=True),
