@@ -21,6 +21,8 @@ import torch
 import triton
 import triton.language as tl
 
+from sald_fast.ops.checks import check_qkv
+
 from . import check_tensor, dot_in_fp32, identity_wrap, mm, new_output
 
 __all__ = ["skeletal_attention_forward", "skeletal_attention_backward", "MAX_JOINTS", "MAX_HEAD_DIM",
@@ -66,7 +68,7 @@ def skeletal_attn_fwd_kernel(
     k = tl.load(k_ptr + _problem_offsets(p, N, H, s_kb, s_kn, s_kh)[:, None, None] + jd_k, mask=mask, other=0.0)
     v = tl.load(v_ptr + _problem_offsets(p, N, H, s_vb, s_vn, s_vh)[:, None, None] + jd_v, mask=mask, other=0.0)
 
-    s = mm(q, tl.trans(k), PRECISION, DOT_FP32) * qk_scale  # (P, Jq, Jk), log2 domain
+    s = mm(q, tl.trans(k, 0, 2, 1), PRECISION, DOT_FP32) * qk_scale  # (P, Jq, Jk), log2 domain
     s = tl.where(jmask[None, None, :], s, float("-inf"))
     m = tl.max(s, axis=2)
     e = tl.exp2(s - m[:, :, None])
@@ -116,14 +118,14 @@ def skeletal_attn_bwd_kernel(
     lse = tl.load(lse_ptr + p[:, None] * J + offs_j[None, :], mask=pj_mask, other=0.0) * 1.4426950408889634
     delta = tl.sum(do.to(tl.float32) * o.to(tl.float32), axis=2)  # (P, Jq)
 
-    s = mm(q, tl.trans(k), PRECISION, DOT_FP32) * qk_scale
+    s = mm(q, tl.trans(k, 0, 2, 1), PRECISION, DOT_FP32) * qk_scale
     pr = tl.exp2(s - lse[:, :, None])
     pr = tl.where(pj_mask[:, :, None] & jmask[None, None, :], pr, 0.0)
-    dv = mm(tl.trans(pr.to(do.dtype)), do, PRECISION, DOT_FP32)
-    dp = mm(do, tl.trans(v), PRECISION, DOT_FP32)
+    dv = mm(tl.trans(pr.to(do.dtype), 0, 2, 1), do, PRECISION, DOT_FP32)
+    dp = mm(do, tl.trans(v, 0, 2, 1), PRECISION, DOT_FP32)
     ds = pr * (dp - delta[:, :, None])
     dq = mm(ds.to(k.dtype), k, PRECISION, DOT_FP32) * sm_scale
-    dk = mm(tl.trans(ds.to(q.dtype)), q, PRECISION, DOT_FP32) * sm_scale
+    dk = mm(tl.trans(ds.to(q.dtype), 0, 2, 1), q, PRECISION, DOT_FP32) * sm_scale
     tl.store(dq_ptr + out_off, dq.to(dq_ptr.dtype.element_ty), mask=mask)
     tl.store(dk_ptr + out_off, dk.to(dk_ptr.dtype.element_ty), mask=mask)
     tl.store(dv_ptr + out_off, dv.to(dv_ptr.dtype.element_ty), mask=mask)
@@ -140,16 +142,10 @@ def attention_config(J: int, head_dim: int, dtype: torch.dtype, backward: bool =
 
 
 def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel: object) -> None:
-    for name, t in (("q", q), ("k", k), ("v", v)):
-        if t.dim() != 5:
-            raise ValueError(f"{name} must be (B, N, J, H, d), got shape {tuple(t.shape)}")
-        check_tensor(name, t, kernel, dtype=q.dtype, device=q.device)
-    if k.shape != q.shape or v.shape != q.shape:
-        raise ValueError(f"q, k, v shapes differ: {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
-    if q.shape[2] > MAX_JOINTS:
-        raise ValueError(f"J={q.shape[2]} joints > {MAX_JOINTS} is not supported by the triton skeletal attention")
-    if q.shape[-1] > MAX_HEAD_DIM:
-        raise ValueError(f"head dim d={q.shape[-1]} > {MAX_HEAD_DIM} is not supported by the triton kernels")
+    """The shared q/k/v checks (``sald_fast.ops.checks.check_qkv``) with this launcher's per-tensor
+    check and limits."""
+    check_qkv(q, k, v, check_tensor=lambda name, t: check_tensor(name, t, kernel, dtype=q.dtype, device=q.device),
+              max_joints=MAX_JOINTS, max_head_dim=MAX_HEAD_DIM, who="the triton skeletal attention")
 
 
 def skeletal_attention_forward(

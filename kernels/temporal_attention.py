@@ -25,6 +25,8 @@ import torch
 import triton
 import triton.language as tl
 
+from sald_fast.ops.checks import check_lengths, check_qkv
+
 from . import check_tensor, dot_in_fp32, identity_wrap, mm, new_output
 
 __all__ = ["temporal_attention_forward", "temporal_attention_backward", "MAX_HEAD_DIM", "attention_config"]
@@ -77,7 +79,7 @@ def temporal_attn_fwd_kernel(
         kd_mask = kmask[:, None] & dmask[None, :]
         k = tl.load(k_base + kn[:, None] * s_kn + offs_d[None, :] * s_kd, mask=kd_mask, other=0.0)
         v = tl.load(v_base + kn[:, None] * s_vn + offs_d[None, :] * s_vd, mask=kd_mask, other=0.0)
-        s = mm(q, tl.trans(k), PRECISION, DOT_FP32) * qk_scale
+        s = mm(q, tl.trans(k, 1, 0), PRECISION, DOT_FP32) * qk_scale
         s = tl.where(kmask[None, :], s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, axis=1))
         alpha = tl.exp2(m_i - m_new)
@@ -139,7 +141,7 @@ def temporal_attn_bwd_dkdv_kernel(
         m_end = tl.where(pid_n * BLOCK_N < kv_len, N, 0)
     # Transposed formulation (as in Triton's fused-attention tutorial): P^T = exp(K Q^T - lse),
     # so every dot takes loaded tiles or fresh results as operands, never a transposed result.
-    kT = tl.trans(k)
+    kT = tl.trans(k, 1, 0)
     for start_m in range(0, m_end, BLOCK_M):
         offs_m = start_m + tl.arange(0, BLOCK_M)
         mmask = offs_m < N
@@ -154,10 +156,10 @@ def temporal_attn_bwd_dkdv_kernel(
         sT = mm(k, qT, PRECISION, DOT_FP32) * qk_scale  # (BLOCK_N, BLOCK_M)
         pT = tl.exp2(sT - lse2[None, :])
         pT = tl.where(kvalid[:, None] & mmask[None, :], pT, 0.0)
-        dv += mm(pT.to(doT.dtype), tl.trans(doT), PRECISION, DOT_FP32)
+        dv += mm(pT.to(doT.dtype), tl.trans(doT, 1, 0), PRECISION, DOT_FP32)
         dpT = mm(v, doT, PRECISION, DOT_FP32)
         dsT = pT * (dpT - delta[None, :])
-        dk += mm(dsT.to(qT.dtype), tl.trans(qT), PRECISION, DOT_FP32)
+        dk += mm(dsT.to(qT.dtype), tl.trans(qT, 1, 0), PRECISION, DOT_FP32)
         if WRITE_DQ:
             dqT = mm(kT, dsT.to(k.dtype), PRECISION, DOT_FP32) * sm_scale  # (BLOCK_D, BLOCK_M)
             tl.store(dq_ptr + rowT_off, dqT.to(dq_ptr.dtype.element_ty), mask=dm_mask)
@@ -214,10 +216,10 @@ def temporal_attn_bwd_dq_kernel(
         kd_mask = kmask[:, None] & dmask[None, :]
         k = tl.load(k_base + kn[:, None] * s_kn + offs_d[None, :] * s_kd, mask=kd_mask, other=0.0)
         v = tl.load(v_base + kn[:, None] * s_vn + offs_d[None, :] * s_vd, mask=kd_mask, other=0.0)
-        s = mm(q, tl.trans(k), PRECISION, DOT_FP32) * qk_scale
+        s = mm(q, tl.trans(k, 1, 0), PRECISION, DOT_FP32) * qk_scale
         p = tl.exp2(s - lse2[:, None])
         p = tl.where(mmask[:, None] & kmask[None, :], p, 0.0)
-        dp = mm(do, tl.trans(v), PRECISION, DOT_FP32)
+        dp = mm(do, tl.trans(v, 1, 0), PRECISION, DOT_FP32)
         ds = p * (dp - delta[:, None])
         dq += mm(ds.to(k.dtype), k, PRECISION, DOT_FP32)
     tl.store(dq_ptr + row_off, (dq * sm_scale).to(dq_ptr.dtype.element_ty), mask=md_mask)
@@ -236,25 +238,14 @@ def attention_config(N: int, head_dim: int, dtype: torch.dtype) -> dict:
 
 
 def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel: object) -> None:
-    for name, t in (("q", q), ("k", k), ("v", v)):
-        if t.dim() != 5:
-            raise ValueError(f"{name} must be (B, N, J, H, d), got shape {tuple(t.shape)}")
-        check_tensor(name, t, kernel, dtype=q.dtype, device=q.device)
-    if k.shape != q.shape or v.shape != q.shape:
-        raise ValueError(f"q, k, v shapes differ: {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
-    if q.shape[-1] > MAX_HEAD_DIM:
-        raise ValueError(f"head dim d={q.shape[-1]} > {MAX_HEAD_DIM} is not supported by the triton kernels")
+    """The shared q/k/v checks (``sald_fast.ops.checks.check_qkv``) with this launcher's per-tensor
+    check and limits."""
+    check_qkv(q, k, v, check_tensor=lambda name, t: check_tensor(name, t, kernel, dtype=q.dtype, device=q.device),
+              max_head_dim=MAX_HEAD_DIM, who="the triton kernels")
 
 
 def _check_lengths(lengths: torch.Tensor | None, B: int, device: torch.device) -> None:
-    if lengths is None:
-        return
-    if not isinstance(lengths, torch.Tensor) or lengths.dtype not in (torch.int32, torch.int64):
-        raise TypeError("lengths must be an int32/int64 tensor of shape (B,)")
-    if tuple(lengths.shape) != (B,):
-        raise ValueError(f"lengths must be (B,) = ({B},), got {tuple(lengths.shape)}")
-    if lengths.device != device:
-        raise ValueError(f"lengths is on {lengths.device} but q is on {device}")
+    check_lengths(lengths, B, device)
 
 
 def temporal_attention_forward(
@@ -264,7 +255,7 @@ def temporal_attention_forward(
     """Launch the forward. Returns o (B, N, J, H, d) contiguous and lse (B, J, H, N) fp32.
 
     lengths: (B,) int or None; values are clamped to [0, N] in the kernel (the public wrapper
-    rejects out-of-range values in eager mode). scale: None means d ** -0.5.
+    validates them once at the entry points, never per call). scale: None means d ** -0.5.
     """
     kernel = temporal_attn_fwd_kernel
     _check_qkv(q, k, v, kernel)

@@ -4,8 +4,10 @@
     sald-fast evaluate --checkpoint RUN
 
 Both first print which implementation each op runs (:func:`print_backend_line`, e.g. ``ops on cpu
-(backend reference): film_residual_layernorm=reference ...``); ``--backend`` picks the
-:mod:`sald_fast.ops` backend (default: the process default, ``reference``). Any problem with the
+(backend auto): film_residual_layernorm=extension ...``); ``--backend`` picks the
+:mod:`sald_fast.ops` backend (default ``auto``: per call the fastest implementation that can run
+the inputs, falling back to the reference with the reason logged once). ``generate
+--cuda-graph`` captures the whole sampling run as one CUDA graph and replays it (CUDA only). Any problem with the
 input (missing or corrupted checkpoint, checkpoint from another skeleton, empty text, unknown
 scheduler) prints one line ``error: ...`` and exits with code 2.
 """
@@ -23,7 +25,7 @@ from .ops.dispatch import BACKENDS
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["main", "resolve_model_dir", "print_backend_line"]
+__all__ = ["main", "resolve_model_dir", "print_backend_line", "build_parser", "DEFAULT_BACKEND"]
 
 
 def print_backend_line(device: torch.device | str, backend: str | None = None) -> str:
@@ -43,14 +45,14 @@ def print_backend_line(device: torch.device | str, backend: str | None = None) -
 
 
 def _start(args: argparse.Namespace) -> str:
-    """The device of a command (``--device``, default CUDA when available); sets ``--backend`` and prints the line."""
+    """The device of a command (``--device``, default CUDA when available); sets ``--backend`` as the
+    process default (and gives it to the loaded model) and prints the line."""
     import torch
 
     from . import ops
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if args.backend is not None:
-        ops.set_backend(args.backend)
+    ops.set_backend(args.backend)
     print_backend_line(device)
     return device
 
@@ -85,9 +87,10 @@ def _generate(args: argparse.Namespace) -> int:
     if not isinstance(args.text, str) or not args.text.strip():
         raise ValueError("the text to sign is empty")
     device = _start(args)
-    model = SignSALD.load(resolve_model_dir(args.checkpoint), device=device)
+    model = SignSALD.load(resolve_model_dir(args.checkpoint), device=device, backend=args.backend)
     result = model.generate([args.text], num_frames=args.frames, steps=args.steps, guidance=args.guidance,
-                            seed=args.seed, scheduler=args.scheduler, progress=not args.quiet)
+                            seed=args.seed, scheduler=args.scheduler, progress=not args.quiet,
+                            cuda_graph=args.cuda_graph)
     fps = float(model.config.train.fps)
     npz = out.with_suffix(".npz")
     arrays = {k: np.asarray(v[0]) for k, v in result.smplx.items()}
@@ -108,12 +111,14 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     device = _start(args)
     table = evaluate_run(_run_folder(args.checkpoint), evaluator_dir=args.evaluator, num_samples=args.num_samples, steps=args.steps,
-                         seed=args.seed, device=device, progress=not args.quiet)
+                         seed=args.seed, device=device, progress=not args.quiet, backend=args.backend)
     print(table)
     return 0
 
 
-_BACKEND_HELP = "sald_fast.ops backend (default: the process default, reference)"
+DEFAULT_BACKEND = "auto"
+_BACKEND_HELP = ("sald_fast.ops backend (default auto: per call the fastest implementation that can run the "
+                 "inputs, else the reference, the reason logged once)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -129,7 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--frames", type=int, default=None, help="number of frames (default: the training length)")
     g.add_argument("--device", default=None)
-    g.add_argument("--backend", default=None, choices=BACKENDS, help=_BACKEND_HELP)
+    g.add_argument("--backend", default=DEFAULT_BACKEND, choices=BACKENDS, help=_BACKEND_HELP)
+    g.add_argument("--cuda-graph", action="store_true",
+                   help="capture the whole sampling run as one CUDA graph and replay it (CUDA; ddim, dpm++, ...)")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
     e = sub.add_parser("evaluate", help="print the evaluation table of a run (paper Table 1 form)")
     e.add_argument("--checkpoint", required=True, help="run folder of train.full")
@@ -139,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--steps", type=int, default=None)
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--device", default=None)
-    e.add_argument("--backend", default=None, choices=BACKENDS, help=_BACKEND_HELP)
+    e.add_argument("--backend", default=DEFAULT_BACKEND, choices=BACKENDS, help=_BACKEND_HELP)
     e.add_argument("--quiet", action="store_true")
     return p
 

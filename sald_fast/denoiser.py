@@ -247,7 +247,10 @@ class Denoiser(nn.Module):
 
         text: (B, L, text_dim) float or None (unconditional: the null token, ``batch_size``
         samples, default 1 and broadcast in forward); text_mask: (B, L) bool, True = real token;
-        drop_text: (B,) bool, True replaces that sample's text by the null token.
+        drop_text: (B,) bool, True replaces that sample's text by the null token. Checks metadata
+        only: that every sample not dropped has a real token is checked once per batch by the
+        callers (:func:`sald_fast.ops.validate_text_mask`, run by the sampler and the trainer's
+        datasets; :meth:`validate_values`); a sample without one gets an undefined output.
         """
         dtype, device = self._param_dtype_device()
         if text is None:
@@ -266,10 +269,6 @@ class Denoiser(nn.Module):
                 only_first = torch.arange(L, device=device).view(1, L) == 0
                 mask = torch.where(drop, only_first, mask if mask is not None else torch.ones_like(only_first))
             if mask is not None:
-                if not torch.compiler.is_compiling() and not bool(mask.any(dim=1).all()):
-                    bad = (~mask.any(dim=1)).nonzero().flatten().tolist()
-                    raise ValueError(f"text_mask has no real token (all False) for sample(s) {bad} that are not "
-                                     "dropped; give each sample at least one token or set drop_text")
                 mask = mask.view(B, 1, 1, L)
         keys, values = [], []
         for layer in self.layers:
@@ -312,8 +311,21 @@ class Denoiser(nn.Module):
 
     # ------------------------------------------------------------------ forward
 
-    def _check_inputs(self, z_t, t, lengths) -> torch.Tensor:
-        """Validate z_t, t, lengths; returns t as a (B,) tensor."""
+    def validate_values(self, num_frames: int, lengths: torch.Tensor | None = None,
+                        text_mask: torch.Tensor | None = None, drop_text: torch.Tensor | None = None) -> None:
+        """Check the values :meth:`forward` does not read (one host synchronisation): ``lengths``
+        (B,) in [1, ``num_frames``], and a real token in ``text_mask`` (B, L) for every sample not
+        dropped by ``drop_text`` (B,). Call it once per batch at an entry point (the sampler and
+        the trainer's datasets do), not per step."""
+        B = None if lengths is None else lengths.shape[0]
+        ops.validate_lengths(lengths, B if B is not None else 0, int(num_frames), unit="N'")
+        ops.validate_text_mask(text_mask, drop_text)
+
+    def _check_inputs(self, z_t, t, text, text_mask, lengths, drop_text,
+                      text_context: TextContext | None) -> tuple[torch.Tensor, TextContext | None]:
+        """All input checks of :meth:`forward`, on metadata only (shapes, dtypes, devices: no host
+        synchronisation, so a step stays capturable). Returns t as a (B,) tensor and the text
+        context of batch B when ``text_context`` was given (None: encode ``text``)."""
         cfg = self.config
         dtype, device = self._param_dtype_device()
         if not isinstance(z_t, torch.Tensor):
@@ -351,11 +363,26 @@ class Denoiser(nn.Module):
                 raise ValueError(f"lengths must be (B,) = ({B},), got shape {tuple(lengths.shape)}")
             if lengths.device != device:
                 raise ValueError(f"lengths is on {lengths.device} but the model is on {device}")
-            if not torch.compiler.is_compiling():
-                lo, hi = int(lengths.min()), int(lengths.max())
-                if lo < 1 or hi > N:
-                    raise ValueError(f"lengths must lie in [1, N'={N}], got min {lo}, max {hi}")
-        return t
+        if text_context is None:
+            if text is None:
+                if text_mask is not None:
+                    raise ValueError("text_mask was given without text")
+                self._check_drop(drop_text, B, device)
+            else:
+                self._check_text(text, text_mask, drop_text, B, device)
+            return t, None
+        if text is not None or text_mask is not None or drop_text is not None:
+            raise ValueError("give either text_context or text/text_mask/drop_text, not both")
+        if not isinstance(text_context, TextContext) or len(text_context.keys) != len(self.layers):
+            raise TypeError("text_context must be a TextContext from this model's encode_text")
+        if text_context.batch_size not in (1, B):
+            raise ValueError(f"text_context has batch {text_context.batch_size}, z_t has B={B}")
+        if text_context.batch_size == B:
+            return t, text_context
+        # a context of batch 1 (e.g. unconditional) serves every sample
+        c = text_context
+        return t, TextContext([k.expand(B, -1, -1, -1) for k in c.keys], [v.expand(B, -1, -1, -1) for v in c.values],
+                              None if c.mask is None else c.mask.expand(B, -1, -1, -1))
 
     def forward(self, z_t: torch.Tensor, t: torch.Tensor | int | float, text: torch.Tensor | None = None,
                 text_mask: torch.Tensor | None = None, lengths: torch.Tensor | None = None,
@@ -366,31 +393,16 @@ class Denoiser(nn.Module):
         z_t: (B, N', J', d_z) float; t: (B,) int or float timesteps (a scalar is broadcast);
         text: (B, L, text_dim) float or None (unconditional: every sample gets the null token);
         text_mask: (B, L) bool, True = real token (None: all real); lengths: (B,) int in [1, N']
-        valid latent frames (None: all); drop_text: (B,) bool, True = use the null token for that
+        valid latent frames (None: all; values are not read here -- see :meth:`validate_values`,
+        which the sampler and the trainer's datasets run once per batch); drop_text: (B,) bool, True = use the null token for that
         sample. ``text_context`` (keyword): keys/values from :meth:`encode_text` to use instead of
         ``text``/``text_mask``/``drop_text``. Returns the prediction (B, N', J', d_z) in z_t's dtype; outputs on
         valid frames do not depend on the content of padded frames.
         """
-        t = self._check_inputs(z_t, t, lengths)
+        t, context = self._check_inputs(z_t, t, text, text_mask, lengths, drop_text, text_context)
         B, N, J, _ = z_t.shape
         dtype, device = self._param_dtype_device()
-        if text_context is not None:
-            if text is not None or text_mask is not None or drop_text is not None:
-                raise ValueError("give either text_context or text/text_mask/drop_text, not both")
-            if not isinstance(text_context, TextContext) or len(text_context.keys) != len(self.layers):
-                raise TypeError("text_context must be a TextContext from this model's encode_text")
-            if text_context.batch_size not in (1, B):
-                raise ValueError(f"text_context has batch {text_context.batch_size}, z_t has B={B}")
-            context = text_context
-            if context.batch_size != B:  # a context of batch 1 (e.g. unconditional) serves every sample
-                context = TextContext([k.expand(B, -1, -1, -1) for k in context.keys],
-                                      [v.expand(B, -1, -1, -1) for v in context.values],
-                                      None if context.mask is None else context.mask.expand(B, -1, -1, -1))
-        else:
-            if text is None:
-                if text_mask is not None:
-                    raise ValueError("text_mask was given without text")
-                self._check_drop(drop_text, B, device)
+        if context is None:
             context = self.encode_text(text, text_mask, drop_text, batch_size=B)
         backend = self.backend
         with nvtx_range("denoiser"):

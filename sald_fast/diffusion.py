@@ -18,7 +18,9 @@ Shapes: z (B, N', J', d_z); text (B, L, text_dim); text_mask (B, L) bool; length
 
 from __future__ import annotations
 
+import functools
 import inspect
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -26,8 +28,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .config import DiffusionConfig
+from .ops.checks import validate_lengths, validate_text_mask
 
-__all__ = ["SCHEDULERS", "make_scheduler", "GaussianDiffusion", "latent_frame_mask"]
+__all__ = ["SCHEDULERS", "PLANNED_SCHEDULERS", "make_scheduler", "GaussianDiffusion", "SamplingPlan",
+           "sampling_plan", "latent_frame_mask"]
 
 
 def _scheduler_table() -> dict[str, tuple[str, dict]]:
@@ -125,7 +129,8 @@ def _module_device(module) -> torch.device:
 
 
 def _check_inputs(shape, text, text_mask, lengths) -> None:
-    B, n = shape[0], shape[1]
+    """Metadata checks (shapes, dtypes): no host synchronisation, so they run every training step."""
+    B = shape[0]
     if text is not None:
         if text.dim() != 3 or text.shape[0] != B:
             raise ValueError(f"text must be (B={B}, L, text_dim), got {tuple(text.shape)}")
@@ -137,8 +142,110 @@ def _check_inputs(shape, text, text_mask, lengths) -> None:
     if lengths is not None:
         if lengths.shape != (B,) or lengths.dtype.is_floating_point or lengths.dtype == torch.bool:
             raise ValueError(f"lengths must be an int tensor of shape ({B},), got {lengths.dtype} {tuple(lengths.shape)}")
-        if bool((lengths < 1).any()) or bool((lengths > n).any()):
-            raise ValueError(f"lengths must lie in [1, {n}] latent frames, got {lengths.tolist()}")
+
+
+# ----------------------------------------------------------------------------- sampling plans
+
+PLANNED_SCHEDULERS = ("ddim", "dpm++", "dpm++_single", "unipc", "euler", "pndm")
+"""Schedulers whose update is deterministic and linear: sampled through a :class:`SamplingPlan`
+(no diffusers call, no host synchronisation per step, CUDA-graph capturable)."""
+
+_MAX_WINDOW = 4  # most model outputs a planned update may combine (PNDM's PLMS uses 4)
+
+
+@dataclass(frozen=True)
+class SamplingPlan:
+    """A deterministic linear sampler, precomputed on the host once per (scheduler, steps, config).
+
+    Step i of S: ``z_in = scales[i] * z_i``; ``out_i = model(z_in, timesteps[i])``; then
+    ``z_{i+1} = sum_w a[i][w] * z_{i-w} + sum_w b[i][w] * out_{i-w}`` (w = 0 the newest; the
+    multistep solvers read a few past samples and outputs). The start is
+    ``z_0 = init_sigma * noise``. ``timesteps`` is (S,) in the scheduler's dtype (CPU).
+    """
+
+    scheduler: str
+    timesteps: torch.Tensor
+    init_sigma: float
+    scales: tuple[float, ...]
+    a: tuple[tuple[float, ...], ...]
+    b: tuple[tuple[float, ...], ...]
+
+    @property
+    def num_steps(self) -> int:
+        return len(self.a)
+
+    @property
+    def window(self) -> int:
+        """How many past samples / model outputs an update reads."""
+        return max([len(c) for c in self.a + self.b], default=1)
+
+
+def _plan_key(cfg: DiffusionConfig) -> tuple:
+    return (int(cfg.num_train_steps), float(cfg.beta_start), float(cfg.beta_end), cfg.beta_schedule,
+            cfg.prediction_type)
+
+
+def sampling_plan(cfg: DiffusionConfig, scheduler: str, steps: int) -> SamplingPlan | None:
+    """The :class:`SamplingPlan` of scheduler ``scheduler`` (a name) with ``steps`` steps for
+    ``cfg``'s schedule, or None when the scheduler is not in :data:`PLANNED_SCHEDULERS`.
+
+    Built on the CPU, once (cached), by running the diffusers scheduler on coefficient vectors:
+    each update of these schedulers is an elementwise linear map of the samples and model
+    outputs, so feeding basis vectors reads its coefficients off (least squares over the last
+    few samples and outputs, checked to leave no residual). Raises ``ValueError`` when an update
+    does not reduce to that form.
+    """
+    if scheduler not in PLANNED_SCHEDULERS:
+        return None
+    return _build_plan(_plan_key(cfg), scheduler, int(steps))
+
+
+def _fit_update(new: torch.Tensor, xs: list[torch.Tensor], outs: list[torch.Tensor], name: str, i: int):
+    """Coefficients (a, b) with ``new = sum_w a_w xs[-1-w] + sum_w b_w outs[-1-w]``, fewest terms."""
+    scale = float(max(new.abs().max(), 1.0))
+    for width in range(1, _MAX_WINDOW + 1):
+        if width > len(xs):
+            break
+        cols = [xs[-1 - w] for w in range(width)] + [outs[-1 - w] for w in range(width)]
+        basis = torch.stack(cols, dim=1)  # (K, 2 * width)
+        coef = torch.linalg.lstsq(basis, new[:, None]).solution[:, 0]
+        if float((basis @ coef - new).abs().max()) <= 1e-5 * scale:
+            coef = torch.where(coef.abs() > 1e-9 * scale, coef, torch.zeros_like(coef))
+            return tuple(coef[:width].tolist()), tuple(coef[width:].tolist())
+    raise ValueError(f"scheduler {name!r}: step {i} does not combine at most {_MAX_WINDOW} past samples and outputs")
+
+
+@functools.lru_cache(maxsize=64)
+def _build_plan(key: tuple, name: str, steps: int) -> SamplingPlan:
+    T, beta_start, beta_end, beta_schedule, prediction = key
+    cfg = DiffusionConfig(num_train_steps=T, beta_start=beta_start, beta_end=beta_end, beta_schedule=beta_schedule,
+                          prediction_type=prediction)
+    sched = make_scheduler(cfg, name)
+    sched.set_timesteps(steps, device="cpu")
+    timesteps = sched.timesteps.clone()
+    S = len(timesteps)
+    K = S + 1  # coordinates: the start z, then the model output of each step
+    x = torch.zeros(1, K, dtype=torch.float64)  # (1, K): a batch of one, as some schedulers expect
+    x[0, 0] = 1.0
+    xs, outs = [], []
+    scales, a_list, b_list = [], [], []
+    for i, t in enumerate(timesteps):
+        z_in = sched.scale_model_input(x, t).double()
+        scale = float(z_in[0, 0] / x[0, 0])
+        if not torch.allclose(z_in, scale * x, rtol=1e-5, atol=1e-8):
+            raise ValueError(f"scheduler {name!r}: scale_model_input is not a scalar multiple of the sample")
+        out = torch.zeros(1, K, dtype=torch.float64)
+        out[0, i + 1] = 1.0
+        new = sched.step(out, t, x).prev_sample.double()
+        xs.append(x[0])
+        outs.append(out[0])
+        a, b = _fit_update(new[0], xs, outs, name, i)
+        scales.append(scale)
+        a_list.append(a)
+        b_list.append(b)
+        x = new
+    return SamplingPlan(scheduler=name, timesteps=timesteps, init_sigma=float(sched.init_noise_sigma),
+                        scales=tuple(scales), a=tuple(a_list), b=tuple(b_list))
 
 
 class GaussianDiffusion(nn.Module):
@@ -224,7 +331,8 @@ class GaussianDiffusion(nn.Module):
                text: torch.Tensor | None, text_mask: torch.Tensor | None, lengths: torch.Tensor | None,
                steps: int | None = None, guidance: float | None = None, scheduler=None,
                generator: torch.Generator | None = None, progress: bool = False,
-               device: torch.device | str | None = None, reuse_text: bool = True) -> torch.Tensor:
+               device: torch.device | str | None = None, reuse_text: bool = True,
+               cuda_graph: bool = False) -> torch.Tensor:
         """Draw z0 (B, N', J', d_z) by reverse diffusion from ``z_T ~ N(0, I)``.
 
         ``scheduler``: a name in :data:`SCHEDULERS`, a diffusers scheduler instance, or None
@@ -233,6 +341,16 @@ class GaussianDiffusion(nn.Module):
         ``text=None``, unconditional. The same ``generator`` state gives the same result.
         With ``reuse_text`` and a denoiser that has ``encode_text`` (returning a context for the
         ``text_context=`` keyword of its forward), the text keys/values are computed once.
+
+        Lengths and the text mask are validated here, once (the only host synchronisations of a
+        run); the steps then never wait for the device. Schedulers named in
+        :data:`PLANNED_SCHEDULERS` run from a precomputed :class:`SamplingPlan` (no diffusers
+        call per step); others (and scheduler instances) step through diffusers.
+
+        ``cuda_graph``: capture the whole run (text keys/values, every step with its CFG batch
+        and update) as one CUDA graph, once per (denoiser, batch, shape, text length, steps,
+        scheduler, guidance), then replay it with the new noise and text copied into its static
+        inputs. Needs CUDA tensors and a planned scheduler (``ValueError`` otherwise).
         """
         steps = self.cfg.sample_steps if steps is None else steps
         guidance = self.cfg.guidance if guidance is None else guidance
@@ -248,40 +366,145 @@ class GaussianDiffusion(nn.Module):
             device = text.device if text is not None else _module_device(denoiser)
         device = torch.device(device)
         _check_inputs(shape, text, text_mask, lengths)
+        # values, once per run (never per step: that would stall every step on the device)
+        validate_lengths(lengths, shape[0], shape[1], unit="N'")
+        validate_text_mask(text_mask)
+        guidance = float(guidance)
+        plan = None
+        if scheduler is None or isinstance(scheduler, str):
+            plan = sampling_plan(self.cfg, self.cfg.scheduler if scheduler is None else scheduler, steps)
+        if cuda_graph:
+            if device.type != "cuda":
+                raise ValueError(f"cuda_graph=True captures the sampling run as a CUDA graph and needs a CUDA "
+                                 f"device; the model is on {device}")
+            if plan is None:
+                raise ValueError(f"cuda_graph=True needs one of the schedulers {', '.join(PLANNED_SCHEDULERS)}, "
+                                 f"got {scheduler!r}")
+        noise = _randn(tuple(shape), generator, device)
+        if plan is not None:
+            if cuda_graph:
+                return self._sample_graphed(denoiser, plan, noise, text, text_mask, lengths, guidance, reuse_text)
+            return _run_plan(denoiser, plan, noise, text, text_mask, lengths, guidance, reuse_text, progress)
+        return self._sample_diffusers(denoiser, noise, text, text_mask, lengths, steps, guidance, scheduler,
+                                      generator, progress, device, reuse_text)
+
+    def _sample_graphed(self, denoiser, plan: SamplingPlan, noise: torch.Tensor, text, text_mask, lengths,
+                        guidance: float, reuse_text: bool) -> torch.Tensor:
+        """:func:`_run_plan` captured as one CUDA graph (cached per configuration), replayed."""
+        graphs = self.__dict__.setdefault("_cuda_graphs", {})
+        params = next(iter(denoiser.parameters()), None) if hasattr(denoiser, "parameters") else None
+        key = (id(denoiser), plan.scheduler, plan.num_steps, tuple(noise.shape), noise.device, guidance, reuse_text,
+               None if text is None else tuple(text.shape), None if text is None else text.dtype,
+               text_mask is None, None if lengths is None else lengths.dtype,
+               None if params is None else params.dtype, getattr(denoiser, "backend", None))
+        entry = graphs.get(key)
+        if entry is None:
+            static = {"noise": noise.clone(), "text": None if text is None else text.clone(),
+                      "mask": None if text_mask is None else text_mask.clone(),
+                      "lengths": None if lengths is None else lengths.clone()}
+
+            def run() -> torch.Tensor:
+                return _run_plan(denoiser, plan, static["noise"], static["text"], static["mask"], static["lengths"],
+                                 guidance, reuse_text, False)
+
+            side = torch.cuda.Stream(device=noise.device)
+            side.wait_stream(torch.cuda.current_stream(noise.device))
+            with torch.cuda.stream(side):
+                run()  # warm-up: compiles kernels, loads modules, settles the allocator
+            torch.cuda.current_stream(noise.device).wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                out = run()
+            entry = graphs[key] = (graph, static, out)
+        graph, static, out = entry
+        static["noise"].copy_(noise)
+        for name, value in (("text", text), ("mask", text_mask), ("lengths", lengths)):
+            if value is not None:
+                static[name].copy_(value)
+        graph.replay()
+        return out.clone()
+
+    def _sample_diffusers(self, denoiser, noise, text, text_mask, lengths, steps, guidance, scheduler, generator,
+                          progress, device, reuse_text) -> torch.Tensor:
+        """The sampling loop through a diffusers scheduler's ``step`` (schedulers without a plan)."""
         if scheduler is None or isinstance(scheduler, str):
             scheduler = make_scheduler(self.cfg, scheduler)
         scheduler.set_timesteps(steps, device=device)
         step_params = inspect.signature(scheduler.step).parameters
         step_kwargs = {"generator": generator} if "generator" in step_params else {}
-
-        B = shape[0]
-        cfg_batch = text is not None and float(guidance) != 1.0
-        if cfg_batch:
-            text_in = torch.cat([text, text])
-            mask_in = torch.cat([text_mask, text_mask]) if text_mask is not None else None
-            len_in = torch.cat([lengths, lengths]) if lengths is not None else None
-            drop_in = torch.cat([torch.zeros(B, dtype=torch.bool, device=device),
-                                 torch.ones(B, dtype=torch.bool, device=device)])
-        else:
-            text_in, mask_in, len_in, drop_in = text, text_mask, lengths, None
-
-        # text keys/values once for all steps when the denoiser offers it (sald_fast.Denoiser)
-        context = None
-        if reuse_text and text_in is not None and callable(getattr(denoiser, "encode_text", None)):
-            context = denoiser.encode_text(text_in, mask_in, drop_in)
-
-        z = _randn(tuple(shape), generator, device) * scheduler.init_noise_sigma
+        cfg_batch, text_in, mask_in, len_in, drop_in = _cfg_inputs(text, text_mask, lengths, guidance, noise.shape[0])
+        context = _text_context(denoiser, text_in, mask_in, drop_in, reuse_text)
+        z = noise * scheduler.init_noise_sigma
         for t in tqdm(scheduler.timesteps, desc="sampling", disable=not progress, leave=False):
             z_in = scheduler.scale_model_input(z, t)
             if cfg_batch:
                 z_in = torch.cat([z_in, z_in])
             t_in = t.reshape(1).to(device).repeat(z_in.shape[0])
-            if context is not None:
-                eps = denoiser(z_in, t_in, lengths=len_in, text_context=context).float()
-            else:
-                eps = denoiser(z_in, t_in, text_in, mask_in, len_in, drop_in).float()
-            if cfg_batch:
-                eps_c, eps_u = eps.chunk(2)
-                eps = eps_u + float(guidance) * (eps_c - eps_u)
+            eps = _guided(denoiser, z_in, t_in, context, text_in, mask_in, len_in, drop_in, cfg_batch, guidance)
             z = scheduler.step(eps, t, z, **step_kwargs).prev_sample
         return z
+
+
+def _cfg_inputs(text, text_mask, lengths, guidance: float, B: int):
+    """(cfg_batch, text, mask, lengths, drop) of the denoiser batch: with text and guidance != 1, the
+    conditional half then the unconditional half (drop_text True) as one batch of 2B."""
+    if text is None or guidance == 1.0:
+        return False, text, text_mask, lengths, None
+    device = text.device
+    mask_in = torch.cat([text_mask, text_mask]) if text_mask is not None else None
+    len_in = torch.cat([lengths, lengths]) if lengths is not None else None
+    drop_in = torch.cat([torch.zeros(B, dtype=torch.bool, device=device), torch.ones(B, dtype=torch.bool, device=device)])
+    return True, torch.cat([text, text]), mask_in, len_in, drop_in
+
+
+def _text_context(denoiser, text_in, mask_in, drop_in, reuse_text: bool):
+    """The denoiser's text keys/values for all steps when it offers ``encode_text`` (else None)."""
+    if reuse_text and text_in is not None and callable(getattr(denoiser, "encode_text", None)):
+        return denoiser.encode_text(text_in, mask_in, drop_in)
+    return None
+
+
+def _guided(denoiser, z_in, t_in, context, text_in, mask_in, len_in, drop_in, cfg_batch: bool,
+            guidance: float) -> torch.Tensor:
+    """One denoiser call on the (CFG) batch -> the guided prediction (B, N', J', d_z) float32."""
+    if context is not None:
+        eps = denoiser(z_in, t_in, lengths=len_in, text_context=context).float()
+    else:
+        eps = denoiser(z_in, t_in, text_in, mask_in, len_in, drop_in).float()
+    if cfg_batch:
+        eps_c, eps_u = eps.chunk(2)
+        eps = eps_u + guidance * (eps_c - eps_u)
+    return eps
+
+
+def _run_plan(denoiser, plan: SamplingPlan, noise: torch.Tensor, text, text_mask, lengths, guidance: float,
+              reuse_text: bool, progress: bool) -> torch.Tensor:
+    """Sample with a :class:`SamplingPlan`: only tensor arithmetic on the device, no host reads, no
+    branch on a tensor's value (so the whole run can be captured as a CUDA graph)."""
+    B = noise.shape[0]
+    cfg_batch, text_in, mask_in, len_in, drop_in = _cfg_inputs(text, text_mask, lengths, guidance, B)
+    context = _text_context(denoiser, text_in, mask_in, drop_in, reuse_text)
+    batch = 2 * B if cfg_batch else B
+    t_table = plan.timesteps.to(noise.device).view(-1, 1).expand(-1, batch)  # (S, batch), one copy per run
+    z = noise * plan.init_sigma
+    zs: list[torch.Tensor] = [z]
+    outs: list[torch.Tensor] = []
+    keep = plan.window
+    for i in tqdm(range(plan.num_steps), desc="sampling", disable=not progress, leave=False):
+        scale = plan.scales[i]
+        z_in = z if scale == 1.0 else z * scale
+        if cfg_batch:
+            z_in = torch.cat([z_in, z_in])
+        outs.append(_guided(denoiser, z_in, t_table[i], context, text_in, mask_in, len_in, drop_in, cfg_batch,
+                            guidance))
+        a, b = plan.a[i], plan.b[i]
+        z = z * a[0] if a[0] != 1.0 else z.clone()
+        for w, c in enumerate(a[1:], start=1):
+            if c != 0.0:
+                z.add_(zs[-1 - w], alpha=c)
+        for w, c in enumerate(b):
+            if c != 0.0:
+                z.add_(outs[-1 - w], alpha=c)
+        zs.append(z)
+        del zs[:-keep], outs[:-keep]
+    return z

@@ -198,13 +198,17 @@ class SignSALD(nn.Module):
     @torch.no_grad()
     def generate(self, texts: str | Sequence[str], num_frames: int | None = None, steps: int | None = None,
                  guidance: float | None = None, seed: int = 0, scheduler: str | None = None,
-                 progress: bool = False, lengths: Sequence[int] | torch.Tensor | None = None) -> GenerationOutput:
+                 progress: bool = False, lengths: Sequence[int] | torch.Tensor | None = None,
+                 cuda_graph: bool = False) -> GenerationOutput:
         """Poses for each prompt in ``texts`` (a str is a batch of one).
 
         num_frames: frames to generate (default ``config.train.num_frames``; any N >= 1, padded
         to a multiple of 4 internally). steps / guidance / scheduler: default to
         ``config.diffusion``'s. lengths: optional valid frames per prompt (<= num_frames), given
         to the denoiser as a padding mask. Same arguments and seed -> bit-identical output.
+        cuda_graph: capture the whole sampling run as one CUDA graph (once per batch, frames,
+        steps, scheduler and guidance) and replay it (:meth:`GaussianDiffusion.sample`); needs the
+        model on a CUDA device and a planned scheduler (ddim, dpm++, ...), else ``ValueError``.
         """
         texts = validate_texts(texts)
         B = len(texts)
@@ -235,7 +239,7 @@ class SignSALD(nn.Module):
         with self._eval_mode():
             z0 = self.diffusion.sample(self.denoiser, shape, text, mask, latent_lengths, steps=steps,
                                        guidance=guidance, scheduler=scheduler, generator=generator,
-                                       progress=progress, device=device)
+                                       progress=progress, device=device, cuda_graph=bool(cuda_graph))
             features = self.decode_latents(z0)[:, :num_frames].float().cpu()
         return self.poses_from_features(features, texts, frame_lengths)
 
@@ -270,9 +274,11 @@ class SignSALD(nn.Module):
 
     @classmethod
     def load(cls, path: str | os.PathLike, device: torch.device | str = "cpu", text_encoder: TextEncoder | None = None,
-             backend: str | None = None) -> "SignSALD":
+             backend: str | None = "auto") -> "SignSALD":
         """A model written by :meth:`save` (its folder, or a run folder holding it as ``model/``),
-        on ``device``, in eval mode (``.meta`` holds the saved meta). Raises :class:`~sald_fast.checkpoint.CheckpointError` for a missing or
+        on ``device``, in eval mode (``.meta`` holds the saved meta). ``backend``: the
+        :mod:`sald_fast.ops` backend of its modules, default ``"auto"`` (per call the fastest
+        implementation that can run the inputs; None: the process default). Raises :class:`~sald_fast.checkpoint.CheckpointError` for a missing or
         corrupted checkpoint, another kind of checkpoint, or another skeleton."""
         from .denoiser import Denoiser
         from .vae import SkeletonVAE

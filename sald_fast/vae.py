@@ -91,6 +91,7 @@ class STConv(nn.Module):
                  backend: str | None = None) -> None:
         super().__init__()
         indptr, indices = skeleton.neighbourhood()
+        ops.validate_csr(indptr, indices, skeleton.num_joints)  # once here: the op checks only metadata
         self.register_buffer("indptr", indptr, persistent=False)
         self.register_buffer("indices", indices, persistent=False)
         self.w_self = nn.Parameter(torch.empty(out_channels, in_channels))

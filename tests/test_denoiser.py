@@ -400,10 +400,7 @@ BAD_INPUTS = [
     ("text int", dict(text=torch.zeros(2, 5, TEXT_DIM, dtype=torch.long)), TypeError, r"text must be a floating"),
     ("mask dtype", dict(text_mask=torch.ones(2, 5)), TypeError, r"text_mask must be a bool"),
     ("mask shape", dict(text_mask=torch.ones(2, 4, dtype=torch.bool)), ValueError, r"text_mask must be \(B, L\)"),
-    ("mask empty row", dict(text_mask=torch.tensor([[True] * 5, [False] * 5])), ValueError, r"no real token"),
     ("mask without text", dict(text=None), ValueError, r"text_mask was given without text"),
-    ("lengths zero", dict(lengths=torch.tensor([3, 0])), ValueError, r"lengths must lie in \[1, N'=3\]"),
-    ("lengths long", dict(lengths=torch.tensor([4, 1])), ValueError, r"got min 1, max 4"),
     ("lengths float", dict(lengths=torch.tensor([3.0, 1.0])), TypeError, r"lengths must be an int32/int64"),
     ("lengths shape", dict(lengths=torch.tensor([3])), ValueError, r"lengths must be \(B,\) = \(2,\)"),
     ("drop dtype", dict(drop_text=torch.tensor([0, 1])), TypeError, r"drop_text must be a bool"),
@@ -419,3 +416,27 @@ def test_bad_inputs(model, desc, patch, exc, pattern):
     kw.update(patch)
     with pytest.raises(exc, match=pattern):
         model(**kw)
+
+
+VALUE_ERRORS = [
+    # values forward does not read (no host sync per step); checked once by validate_values / the sampler
+    ("mask empty row", dict(text_mask=torch.tensor([[True] * 5, [False] * 5])), r"no real token"),
+    ("lengths zero", dict(lengths=torch.tensor([3, 0])), r"lengths must lie in \[1, N'=3\]"),
+    ("lengths long", dict(lengths=torch.tensor([4, 1])), r"got min 1, max 4"),
+]
+
+
+@pytest.mark.parametrize("desc,patch,pattern", VALUE_ERRORS, ids=[v[0] for v in VALUE_ERRORS])
+def test_bad_values_are_caught_at_the_entry_points(model, desc, patch, pattern):
+    from sald_fast.diffusion import GaussianDiffusion
+    from sald_fast.config import DiffusionConfig
+
+    kw = dict(lengths=torch.tensor([3, 1]), text_mask=torch.ones(2, 5, dtype=torch.bool))
+    kw.update(patch)
+    with pytest.raises(ValueError, match=pattern):
+        model.validate_values(3, kw["lengths"], kw["text_mask"])
+    text = torch.randn(2, 5, TEXT_DIM)
+    with pytest.raises(ValueError, match=pattern):
+        GaussianDiffusion(DiffusionConfig()).sample(model, (2, 3, J, DZ), text, kw["text_mask"], kw["lengths"], steps=2)
+    # a dropped sample may have an empty mask
+    model.validate_values(3, None, torch.tensor([[True] * 5, [False] * 5]), torch.tensor([False, True]))

@@ -196,7 +196,8 @@ def test_scheduler_instance_and_config_default(diffusion):
     by_name = diffusion.sample(den, SHAPE, text, None, None, steps=3, scheduler="dpm++", generator=g())
     by_obj = diffusion.sample(den, SHAPE, text, None, None, steps=3, scheduler=make_scheduler(DiffusionConfig(), "dpm++"),
                               generator=g())
-    assert torch.equal(by_name, by_obj)
+    # by name: the precomputed plan; an instance: diffusers' own step -- the same update in fp32
+    torch.testing.assert_close(by_name, by_obj, rtol=1e-5, atol=1e-4 * float(by_obj.abs().max()))
     default = diffusion.sample(den, SHAPE, text, None, None, steps=3, generator=g())
     ddim = diffusion.sample(den, SHAPE, text, None, None, steps=3, scheduler="ddim", generator=g())
     assert torch.equal(default, ddim)

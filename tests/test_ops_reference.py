@@ -299,13 +299,11 @@ def test_film_wrapper_validation(patch, exc, pattern):
     ("t", dict(q=torch.randn(2, 4, 3, 8)), ValueError, r"q must be \(B, N, J, H, d\)"),
     ("t", dict(v=torch.randn(2, 4, 3, 2, 4).double()), TypeError, r"v has dtype torch.float64"),
     ("t", dict(q=torch.zeros(2, 4, 3, 2, 4, dtype=torch.int32)), TypeError, r"q has dtype torch.int32"),
-    ("t", dict(lengths=torch.tensor([4, 5])), ValueError, r"lengths must lie in \[0, N=4\], got min 4, max 5"),
-    ("t", dict(lengths=torch.tensor([-1, 2])), ValueError, r"lengths must lie in \[0, N=4\]"),
     ("t", dict(lengths=torch.tensor([4.0, 2.0])), TypeError, r"lengths must be an int32/int64"),
     ("t", dict(lengths=torch.tensor([4, 2, 1])), ValueError, r"lengths must be \(B,\) = \(2,\)"),
     ("s", dict(k=torch.randn(2, 4, 2, 2, 4)), ValueError, r"q, k, v shapes differ"),
     ("s", dict(k=torch.randn(2, 4, 3, 2, 4).half()), TypeError, r"k has dtype torch.float16"),
-], ids=["t-shape", "t-rank", "t-dtype", "t-int", "t-len-big", "t-len-neg", "t-len-float", "t-len-shape",
+], ids=["t-shape", "t-rank", "t-dtype", "t-int", "t-len-float", "t-len-shape",
         "s-shape", "s-dtype"])
 def test_attention_wrapper_validation(which, patch, exc, pattern):
     args = dict(q=torch.randn(2, 4, 3, 2, 4), k=torch.randn(2, 4, 3, 2, 4), v=torch.randn(2, 4, 3, 2, 4))
@@ -322,21 +320,49 @@ def _csr():
     return torch.tensor([0, 2, 5, 7]), torch.tensor([0, 1, 0, 1, 2, 1, 2])
 
 
+def test_lengths_values_are_checked_once_by_validate_lengths_not_by_the_op():
+    """The op reads only the metadata of lengths (a value check would stall every layer on the
+    device); the entry points validate the values once with ops.validate_lengths."""
+    q = torch.randn(2, 4, 3, 2, 4)
+    for bad, pattern in ((torch.tensor([4, 5]), r"lengths must lie in \[0, N=4\], got min 4, max 5"),
+                         (torch.tensor([-1, 2]), r"lengths must lie in \[0, N=4\], got min -1, max 2")):
+        with pytest.raises(ValueError, match=pattern):
+            ops.validate_lengths(bad, 2, 4, low=0, unit="N")
+        out = ops.temporal_attention(q, q, q, bad)  # no check of values: clamped to [0, N]
+        clamped = ops.temporal_attention(q, q, q, bad.clamp(0, 4))
+        torch.testing.assert_close(out, clamped)
+    ops.validate_lengths(torch.tensor([4, 0]), 2, 4, low=0, unit="N")
+    with pytest.raises(TypeError, match="lengths must be an int32/int64"):
+        ops.validate_lengths(torch.tensor([4.0, 2.0]), 2, 4)
+
+
 @pytest.mark.parametrize("patch,exc,pattern", [
     (dict(indices=torch.tensor([0, 1, 1, 0, 2, 1, 2])), ValueError, r"CSR row 1 is not strictly sorted"),
     (dict(indices=torch.tensor([0, 1, 0, 1, 3, 1, 2])), ValueError, r"indices must lie in \[0, 3\)"),
     (dict(indices=torch.tensor([0, -1, 0, 1, 2, 1, 2])), ValueError, r"indices must lie in \[0, 3\)"),
-    (dict(indptr=torch.tensor([0, 2, 5])), ValueError, r"indptr has 3 entries; h has J=3 joints"),
+    (dict(indptr=torch.tensor([0, 2, 5])), ValueError, r"indptr has 3 entries; J=3 joints"),
     (dict(indptr=torch.tensor([1, 2, 5, 7])), ValueError, r"indptr must start at 0 and end at nnz=7"),
     (dict(indptr=torch.tensor([0, 2, 2, 7])), ValueError, r"non-empty neighbourhood"),
+    (dict(indptr=torch.tensor([0.0, 2.0, 5.0, 7.0])), TypeError, r"indptr must be a 1-D int32/int64"),
+], ids=["unsorted-row", "index-too-big", "index-negative", "indptr-length", "indptr-start", "empty-row",
+        "indptr-float"])
+def test_validate_csr(patch, exc, pattern):
+    indptr, indices = _csr()
+    args = dict(indptr=indptr, indices=indices, num_joints=3)
+    args.update(patch)
+    with pytest.raises(exc, match=pattern):
+        ops.validate_csr(**args)
+
+
+@pytest.mark.parametrize("patch,exc,pattern", [
+    (dict(indptr=torch.tensor([0, 2, 5])), ValueError, r"indptr has 3 entries; h has J=3 joints"),
     (dict(indptr=torch.tensor([0.0, 2.0, 5.0, 7.0])), TypeError, r"indptr must be a 1-D int32/int64"),
     (dict(h=torch.randn(2, 3, 3, 5).double()), TypeError, r"w_self has dtype torch.float32 but"),
     (dict(h=torch.randn(2, 3, 5)), ValueError, r"h must be \(B, N, J, C_in\)"),
     (dict(w_self=torch.randn(4, 6)), ValueError, r"w_self must be \(C_out, C_in=5\)"),
     (dict(w_neigh=torch.randn(3, 5)), ValueError, r"w_neigh \(3, 5\) and w_self \(4, 5\) differ"),
     (dict(bias=torch.randn(5)), ValueError, r"bias must be \(C_out,\) = \(4,\)"),
-], ids=["unsorted-row", "index-too-big", "index-negative", "indptr-length", "indptr-start", "empty-row",
-        "indptr-float", "dtype-mismatch", "h-rank", "w-self-shape", "w-neigh-shape", "bias-shape"])
+], ids=["indptr-length", "indptr-float", "dtype-mismatch", "h-rank", "w-self-shape", "w-neigh-shape", "bias-shape"])
 def test_graph_conv_wrapper_validation(patch, exc, pattern):
     indptr, indices = _csr()
     args = dict(h=torch.randn(2, 3, 3, 5), indptr=indptr, indices=indices, w_self=torch.randn(4, 5),
@@ -344,6 +370,38 @@ def test_graph_conv_wrapper_validation(patch, exc, pattern):
     args.update(patch)
     with pytest.raises(exc, match=pattern):
         ops.skeletal_graph_conv(**args)
+
+
+def test_csr_validation_is_not_cached_by_address():
+    """A CSR rewritten in place (same data_ptr, as a new tensor at a reused address would be) is
+    validated again: nothing is remembered by address any more."""
+    indptr, indices = _csr()
+    ops.validate_csr(indptr, indices, 3)
+    ptr = indices.data_ptr()
+    indices.copy_(torch.tensor([0, 1, 1, 0, 2, 1, 2]))  # row 1 unsorted, same storage
+    assert indices.data_ptr() == ptr
+    with pytest.raises(ValueError, match="CSR row 1 is not strictly sorted"):
+        ops.validate_csr(indptr, indices, 3)
+    # and the same tensors freed and a new bad CSR built (possibly at the same address) also fail
+    del indptr, indices
+    indptr2, indices2 = torch.tensor([0, 2, 5, 7]), torch.tensor([0, 1, 0, 1, 3, 1, 2])
+    with pytest.raises(ValueError, match=r"indices must lie in \[0, 3\)"):
+        ops.validate_csr(indptr2, indices2, 3)
+    assert not any("csr" in name.lower() and isinstance(getattr(ops, name), (set, dict))
+                   for name in dir(ops)), "no cache of validated CSRs"
+
+
+def test_stconv_validates_its_skeleton_csr_when_built(monkeypatch):
+    from sald_fast.skeleton import SIGNING_SKELETON
+    from sald_fast.vae import STConv
+
+    calls = []
+    real = ops.validate_csr
+    monkeypatch.setattr(ops, "validate_csr", lambda *a: calls.append(a[2]) or real(*a))
+    conv = STConv(SIGNING_SKELETON, 3, 4)
+    assert calls == [SIGNING_SKELETON.num_joints]
+    conv(torch.randn(1, 2, SIGNING_SKELETON.num_joints, 3))
+    assert calls == [SIGNING_SKELETON.num_joints]  # not per call
 
 
 def test_unknown_backend_is_rejected_and_use_backend_restores():

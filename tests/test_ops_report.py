@@ -205,15 +205,42 @@ def test_cli_prints_the_line_before_loading(command, capsys, tmp_path):
     assert captured.err.startswith("error: ") and "does not exist" in captured.err
 
 
-def test_cli_default_backend_is_the_process_default(capsys, tmp_path):
-    from sald_fast.cli import main, print_backend_line
+def test_cli_default_backend_is_auto(capsys, tmp_path, monkeypatch):
+    """Without --backend, both commands run (and print) backend auto, and generate loads the model
+    with it; --backend still chooses."""
+    from sald_fast import cli
+    from sald_fast.pipeline import SignSALD
 
+    parser = cli.build_parser()
+    for command in (["generate", "hi", "--checkpoint", "c", "--out", "x.npz"], ["evaluate", "--checkpoint", "c"]):
+        assert parser.parse_args(command).backend == "auto"
+        assert parser.parse_args(command + ["--backend", "reference"]).backend == "reference"
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def fake_load(path, **kwargs):
+        seen.update(kwargs)
+        raise Stop
+
+    monkeypatch.setattr(SignSALD, "load", staticmethod(fake_load))
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text("{}")
     with ops.use_backend("reference"):
-        main(["generate", "hi", "--checkpoint", str(tmp_path / "none"), "--out", str(tmp_path / "x.npz"),
-              "--device", "cpu"])
-        assert print_backend_line("cpu") == ops.backend_line("cpu", "reference")
-    out = capsys.readouterr().out.splitlines()
-    assert out == [ops.backend_line("cpu", "reference")] * 2
+        with pytest.raises(Stop):
+            cli.main(["generate", "hi", "--checkpoint", str(tmp_path), "--out", str(tmp_path / "x.npz"),
+                      "--device", "cpu"])
+    assert seen["backend"] == "auto"
+    assert capsys.readouterr().out.splitlines() == [ops.backend_line("cpu", "auto")]
+
+
+def test_signsald_load_defaults_to_auto():
+    import inspect
+
+    from sald_fast.pipeline import SignSALD
+
+    assert inspect.signature(SignSALD.load).parameters["backend"].default == "auto"
 
 
 # ----------------------------------------------------------------------------- torch.compile

@@ -268,7 +268,7 @@ def reconstruction_mpjpe(vae, clips: Sequence[dict], num_frames: int, *, batch_s
     return mpjpe(recon, positions, lengths)
 
 
-def _load_model(model, device):
+def _load_model(model, device, backend: str | None = "auto"):
     if model is None or hasattr(model, "generate"):
         return model
     from sald_fast.pipeline import SignSALD
@@ -276,14 +276,19 @@ def _load_model(model, device):
     path = Path(model)
     if (path / "model" / "config.json").exists():
         path = path / "model"
-    return SignSALD.load(path, device=device) if device is not None else SignSALD.load(path)
+    if device is not None:
+        return SignSALD.load(path, device=device, backend=backend)
+    return SignSALD.load(path, backend=backend)
 
 
 def evaluate(model, evaluator: PoseEvaluator | str | Path, clips: Sequence[dict], *, num_samples: int | None = None,
              seed: int = 0, steps: int | None = None, guidance: float | None = None, batch_size: int = 32,
              device: torch.device | str | None = None, progress: bool = True, include_vae: bool = True,
-             alternate_clips: Sequence[dict] | None = None) -> dict[str, Any]:
+             alternate_clips: Sequence[dict] | None = None, backend: str | None = "auto") -> dict[str, Any]:
     """Evaluate a SignSALD (or its run/model folder; ``None``: only the bounds) on test ``clips``.
+
+    ``backend``: the :mod:`sald_fast.ops` backend a model loaded from a folder runs (default
+    ``"auto"``; None: the process default).
 
     ``alternate_clips``: another rendition of each test sentence, in the order of ``clips``
     (same texts; cut to ``num_samples`` like ``clips``), e.g.
@@ -324,7 +329,7 @@ def evaluate(model, evaluator: PoseEvaluator | str | Path, clips: Sequence[dict]
             if WordTokenizer.normalize(str(c.get("text", ""))) != WordTokenizer.normalize(str(a.get("text", ""))):
                 raise ValueError(f"evaluate: alternate_clips[{i}] signs {a.get('text')!r}, "
                                  f"but clips[{i}] is {c.get('text')!r}")
-    model = _load_model(model, device)
+    model = _load_model(model, device, backend)
     num_frames = evaluator.config.num_frames
     dev = evaluator.input_mean.device
     ref_pos, lengths, texts, ref_feats = reference_poses(clips, num_frames, batch_size=batch_size, device=dev,
@@ -423,7 +428,7 @@ def write_results(results: dict[str, Any], run_dir: str | Path) -> tuple[Path, P
 def evaluate_run(run: str | Path, *, evaluator_dir: str | Path | None = None, num_samples: int | None = None,
                  steps: int | None = None, seed: int = 0, guidance: float | None = None,
                  device: torch.device | str | None = None, progress: bool = True, clips: Sequence[dict] | None = None,
-                 batch_size: int = 32) -> str:
+                 batch_size: int = 32, backend: str | None = "auto") -> str:
     """Evaluate the run folder of ``python -m train.full`` (its ``model/``) with the evaluator in
     ``evaluator_dir`` (default ``RUN/evaluator``) on the test split of the evaluator's dataset (or
     ``clips``); writes ``RUN/eval.json`` and ``RUN/eval.md`` and returns the Markdown table.
@@ -432,6 +437,7 @@ def evaluate_run(run: str | Path, *, evaluator_dir: str | Path | None = None, nu
     added: :func:`sald_fast.data.builtin.alternate_renditions` (seed
     :data:`ALTERNATE_SEED`) of the same test clips (skipped with a warning if some clip is not a
     sentence of the built-in grammar). Other datasets (How2Sign) have no second rendition: no row.
+    ``backend``: the :mod:`sald_fast.ops` backend of the loaded model (default ``"auto"``).
     """
     run = Path(run)
     if not run.exists():
@@ -458,7 +464,8 @@ def evaluate_run(run: str | Path, *, evaluator_dir: str | Path | None = None, nu
         except (KeyError, ValueError) as e:
             warnings.warn(f"no '{ALTERNATE_ROW}' row: {e}", stacklevel=2)
     results = evaluate(run, evaluator, clips, num_samples=num_samples, seed=seed, steps=steps, guidance=guidance,
-                       batch_size=batch_size, device=device, progress=progress, alternate_clips=alternate)
+                       batch_size=batch_size, device=device, progress=progress, alternate_clips=alternate,
+                       backend=backend)
     if alternate is not None:
         results["settings"]["alternate_seed"] = ALTERNATE_SEED
     results["settings"]["run"] = str(run)

@@ -1,9 +1,14 @@
 """The ops the fast kernels replace, behind one backend switch.
 
-Every model module calls these functions, never a kernel directly. Each wrapper validates its
-inputs (shape, dtype, device: a clear ``ValueError``/``TypeError`` naming the argument), opens an
-NVTX range, and calls the implementation chosen by ``backend`` (per call) or by
-:func:`set_backend` / :func:`use_backend` (process default, initially ``"reference"``).
+Every model module calls these functions, never a kernel directly. Each wrapper validates the
+metadata of its inputs (shape, dtype, device: a clear ``ValueError``/``TypeError`` naming the
+argument) -- never their values, which would make the host wait for the device in every layer of
+every step: lengths, text masks and CSR neighbourhoods are checked once where they enter
+(:func:`validate_lengths`, :func:`validate_text_mask`, :func:`validate_csr`, called by the
+pipeline, the sampler, the trainer's datasets and ``STConv``). It then opens an NVTX range and
+calls the implementation chosen by ``backend`` (per call) or by :func:`set_backend` /
+:func:`use_backend` (process default, initially ``"reference"``); ``auto`` chooses per call from
+the inputs' device, dtype and shape.
 
 :func:`backend_report` / :func:`backend_line` say which implementation each op runs on a device
 (``train.full`` and the ``sald-fast`` command print the line at start); :func:`prepare` loads (and
@@ -16,7 +21,9 @@ from __future__ import annotations
 import torch
 
 from ..profiling import nvtx_range
+from . import checks
 from . import reference  # noqa: F401  (registers the reference implementations)
+from .checks import validate_csr, validate_lengths, validate_text_mask
 from .dispatch import (BACKENDS, IMPLEMENTATIONS, OPS, available_backends, backend_line, backend_report, get_backend,
                        prepare, register, resolve, set_backend, use_backend)
 
@@ -36,24 +43,14 @@ __all__ = [
     "BACKENDS",
     "OPS",
     "IMPLEMENTATIONS",
+    "validate_csr",
+    "validate_lengths",
+    "validate_text_mask",
 ]
 
-FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
-
-
-def _check_float(name: str, t: torch.Tensor, dtype: torch.dtype | None = None) -> None:
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if t.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"{name} has dtype {t.dtype}; supported: float32, float16, bfloat16, float64")
-    if dtype is not None and t.dtype != dtype:
-        raise TypeError(f"{name} has dtype {t.dtype} but the other inputs are {dtype}")
-
-
-def _check_device(ref: torch.Tensor, **tensors: torch.Tensor | None) -> None:
-    for name, t in tensors.items():
-        if t is not None and t.device != ref.device:
-            raise ValueError(f"{name} is on {t.device} but the inputs are on {ref.device}")
+FLOAT_DTYPES = checks.FLOAT_DTYPES
+_check_float = checks.check_float
+_check_device = checks.check_device
 
 
 def film_residual_layernorm(z, h, gamma, beta, weight=None, bias=None, eps: float = 1e-5, *, backend=None):
@@ -79,19 +76,9 @@ def film_residual_layernorm(z, h, gamma, beta, weight=None, bias=None, eps: floa
             if t.shape != (D,):
                 raise ValueError(f"{name} must be (D,) = {(D,)}, got {tuple(t.shape)}")
     _check_device(z, h=h, gamma=gamma, beta=beta, weight=weight, bias=bias)
-    fn = resolve("film_residual_layernorm", backend, z.device)
+    fn = resolve("film_residual_layernorm", backend, z.device, z.dtype, J)
     with nvtx_range("film_residual_layernorm"):
         return fn(z, h, gamma, beta, weight, bias, eps)
-
-
-def _check_qkv(q, k, v):
-    for name, t in (("q", q), ("k", k), ("v", v)):
-        _check_float(name, t, q.dtype)
-        if t.dim() != 5:
-            raise ValueError(f"{name} must be (B, N, J, H, d), got shape {tuple(t.shape)}")
-    if k.shape != q.shape or v.shape != q.shape:
-        raise ValueError(f"q, k, v shapes differ: {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
-    _check_device(q, k=k, v=v)
 
 
 def temporal_attention(q, k, v, lengths=None, *, scale: float | None = None, backend=None):
@@ -100,19 +87,12 @@ def temporal_attention(q, k, v, lengths=None, *, scale: float | None = None, bac
     q, k, v: (B, N, J, H, d), any strides (e.g. views into a fused qkv projection).
     lengths: (B,) integers in [0, N], or None for all frames valid. Keys at frames >= lengths[b]
     are ignored; a sample with length 0 gets an all-zero output. Returns o: (B, N, J, H, d).
+    Only the metadata of ``lengths`` is checked here (values: :func:`validate_lengths` once per
+    batch; implementations clamp them to [0, N]).
     """
-    _check_qkv(q, k, v)
-    if lengths is not None:
-        if not isinstance(lengths, torch.Tensor) or lengths.dtype not in (torch.int32, torch.int64):
-            raise TypeError("lengths must be an int32/int64 tensor of shape (B,)")
-        if lengths.shape != (q.shape[0],):
-            raise ValueError(f"lengths must be (B,) = ({q.shape[0]},), got {tuple(lengths.shape)}")
-        _check_device(q, lengths=lengths)
-        if not torch.compiler.is_compiling():
-            lo, hi = int(lengths.min()), int(lengths.max())
-            if lo < 0 or hi > q.shape[1]:
-                raise ValueError(f"lengths must lie in [0, N={q.shape[1]}], got min {lo}, max {hi}")
-    fn = resolve("temporal_attention", backend, q.device)
+    checks.check_qkv(q, k, v)
+    checks.check_lengths(lengths, q.shape[0], q.device)
+    fn = resolve("temporal_attention", backend, q.device, q.dtype, q.shape[2], q.shape[-1])
     with nvtx_range("temporal_attention"):
         return fn(q, k, v, lengths, scale)
 
@@ -122,8 +102,8 @@ def skeletal_attention(q, k, v, *, scale: float | None = None, backend=None):
 
     q, k, v: (B, N, J, H, d), any strides. Returns o: (B, N, J, H, d).
     """
-    _check_qkv(q, k, v)
-    fn = resolve("skeletal_attention", backend, q.device)
+    checks.check_qkv(q, k, v)
+    fn = resolve("skeletal_attention", backend, q.device, q.dtype, q.shape[2], q.shape[-1])
     with nvtx_range("skeletal_attention"):
         return fn(q, k, v, scale)
 
@@ -133,7 +113,8 @@ def skeletal_graph_conv(h, indptr, indices, w_self, w_neigh, bias=None, *, backe
 
     h: (B, N, J, C_in); indptr (J+1,), indices (nnz,): integer CSR neighbourhoods over the J
     joints (self loops included, each row sorted); w_self, w_neigh: (C_out, C_in); bias: (C_out,).
-    Returns (B, N, J, C_out).
+    Returns (B, N, J, C_out). Only the CSR's metadata is checked here; its values once, where it is
+    built (:func:`validate_csr`, e.g. by ``STConv``).
     """
     _check_float("h", h)
     if h.dim() != 4:
@@ -155,32 +136,6 @@ def skeletal_graph_conv(h, indptr, indices, w_self, w_neigh, bias=None, *, backe
         if bias.shape != (w_self.shape[0],):
             raise ValueError(f"bias must be (C_out,) = ({w_self.shape[0]},), got {tuple(bias.shape)}")
     _check_device(h, indptr=indptr, indices=indices, w_self=w_self, w_neigh=w_neigh, bias=bias)
-    if not torch.compiler.is_compiling():
-        _check_csr(indptr, indices, J)
-    fn = resolve("skeletal_graph_conv", backend, h.device)
+    fn = resolve("skeletal_graph_conv", backend, h.device, h.dtype, J)
     with nvtx_range("skeletal_graph_conv"):
         return fn(h, indptr, indices, w_self, w_neigh, bias)
-
-
-_csr_checked: set = set()
-
-
-def _check_csr(indptr: torch.Tensor, indices: torch.Tensor, J: int) -> None:
-    """Validate a CSR neighbourhood once per (storage, version): sorted rows, indices in range."""
-    key = (indptr.data_ptr(), indices.data_ptr(), indptr._version, indices._version, J)
-    if key in _csr_checked:
-        return
-    ip = indptr.detach().cpu().long()
-    ix = indices.detach().cpu().long()
-    if int(ip[0]) != 0 or int(ip[-1]) != ix.numel():
-        raise ValueError(f"indptr must start at 0 and end at nnz={ix.numel()}, got {int(ip[0])}..{int(ip[-1])}")
-    counts = ip[1:] - ip[:-1]
-    if bool((counts <= 0).any()):
-        raise ValueError("every joint needs a non-empty neighbourhood (include the self loop): indptr not increasing")
-    if ix.numel() and (int(ix.min()) < 0 or int(ix.max()) >= J):
-        raise ValueError(f"indices must lie in [0, {J}), got min {int(ix.min())}, max {int(ix.max())}")
-    for i in range(J):
-        row = ix[int(ip[i]):int(ip[i + 1])]
-        if row.numel() > 1 and bool((row[1:] <= row[:-1]).any()):
-            raise ValueError(f"CSR row {i} is not strictly sorted: {row.tolist()}")
-    _csr_checked.add(key)

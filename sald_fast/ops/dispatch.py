@@ -2,14 +2,16 @@
 
 Backends: ``reference`` (plain PyTorch, the specification), ``triton`` (kernels/ through
 ``sald_fast.ops.triton_backend``), ``cuda`` (the C++/CUDA extension, CPU and CUDA tensors, through
-``sald_fast.ops.extension_backend``), and ``auto`` (the fastest one available for the tensor's
-device, per op). Backend modules are imported on first use, or earlier by :func:`prepare` (the
+``sald_fast.ops.extension_backend``), and ``auto`` (per call, the fastest implementation that can
+run the inputs: their device, dtype and shape -- fp64, more joints or a larger head dim than a
+kernel handles go to the reference). Backend modules are imported on first use, or earlier by :func:`prepare` (the
 models call it when their backend is set, so nothing is imported or built inside a
 ``torch.compile`` trace), and register their functions with :func:`register`.
 
-A fallback to the reference (``auto`` when a faster implementation cannot load, or a requested
-backend without kernels for the tensor's device) is logged once per (op, backend, device type,
-reason) at WARNING on the ``sald_fast.ops`` logger. A requested backend that cannot load raises
+A fallback to the reference (``auto`` when a faster implementation cannot load -- e.g. a Triton
+import failure -- or cannot take the inputs, or a requested backend without kernels for the
+tensor's device) is logged once per (op, backend, device type, reason) at WARNING on the
+``sald_fast.ops`` logger. A requested backend that cannot load raises
 ``RuntimeError`` naming it and the reason. :func:`backend_report` / :func:`backend_line` say which
 implementation each op runs.
 """
@@ -19,11 +21,11 @@ from __future__ import annotations
 import contextlib
 import importlib
 import logging
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator, NamedTuple
 
 import torch
 
-__all__ = ["BACKENDS", "OPS", "IMPLEMENTATIONS", "set_backend", "get_backend", "use_backend", "register", "resolve",
+__all__ = ["BACKENDS", "OPS", "IMPLEMENTATIONS", "Inputs", "set_backend", "get_backend", "use_backend", "register", "resolve",
            "available_backends", "prepare", "backend_report", "backend_line"]
 
 logger = logging.getLogger("sald_fast.ops")
@@ -51,23 +53,44 @@ _AUTO_ORDER = {
     "skeletal_graph_conv": {"cuda_device": ("cuda",), "cpu_device": ("cuda",)},
 }
 
+
+
+class Inputs(NamedTuple):
+    """What an implementation's ``supports`` check sees of a call: the device type, the dtype, the
+    number of joints J and the head dim d (None where the op has none or it is not known)."""
+
+    device_type: str
+    dtype: torch.dtype | None = None
+    num_joints: int | None = None
+    head_dim: int | None = None
+
+
 _IMPLS: dict[str, dict[str, Callable]] = {op: {} for op in OPS}
 _DEVICES: dict[tuple[str, str], tuple[str, ...]] = {}  # (op, backend) -> device types it has kernels for
+# (op, backend) -> supports(Inputs) -> None, or why the implementation cannot take such inputs
+_SUPPORTS: dict[tuple[str, str], Callable[[Inputs], str | None]] = {}
 _load_errors: dict[str, str] = {}
 _default_backend = "reference"
 
 
-def register(op: str, backend: str, fn: Callable, devices: Iterable[str] | None = None) -> None:
+def register(op: str, backend: str, fn: Callable, devices: Iterable[str] | None = None,
+             supports: Callable[[Inputs], str | None] | None = None) -> None:
     """Register ``fn`` as ``backend``'s implementation of ``op`` (called by backend modules).
 
     ``devices``: the device types (``"cpu"``, ``"cuda"``) ``fn`` has kernels for; tensors on
-    other devices get the reference (logged once). None: any device.
+    other devices get the reference (logged once). None: any device. ``supports``: given the
+    :class:`Inputs` of a call, None when ``fn`` can run them, else the reason (``auto`` then takes
+    the next candidate; an explicitly requested backend runs ``fn``, whose own checks raise).
     """
     if op not in OPS:
         raise ValueError(f"unknown op {op!r}; ops are {OPS}")
     if backend not in ("reference", "triton", "cuda"):
         raise ValueError(f"unknown backend {backend!r}")
     _IMPLS[op][backend] = fn
+    if supports is None:
+        _SUPPORTS.pop((op, backend), None)
+    else:
+        _SUPPORTS[(op, backend)] = supports
     if devices is None:
         _DEVICES.pop((op, backend), None)
     else:
@@ -119,6 +142,9 @@ def _import_backend(backend: str) -> bool:
         importlib.import_module(_BACKEND_MODULES[backend])
     except Exception as exc:  # noqa: BLE001 - any import failure means "not available"
         _load_errors[backend] = f"{type(exc).__name__}: {exc}"
+        if backend == "triton" and torch.cuda.is_available():  # where auto would have used it: say so
+            logger.warning("sald_fast: the Triton backend cannot be imported (%s); auto uses the other "
+                           "implementations", _first_line(_load_errors[backend]))
         return False
     finally:
         _importing = False
@@ -177,8 +203,17 @@ def _unusable(op: str, backend: str, device_type: str) -> str | None:
     return None
 
 
-def _choose(op: str, name: str, device_type: str) -> str:
-    """The backend whose implementation of ``op`` runs for ``name`` on ``device_type`` (logs fallbacks)."""
+def _unsupported(op: str, backend: str, inputs: Inputs) -> str | None:
+    """Why ``backend``'s (loaded) implementation of ``op`` cannot take ``inputs``, or None."""
+    supports = _SUPPORTS.get((op, backend))
+    return None if supports is None else supports(inputs)
+
+
+def _choose(op: str, name: str, device_type: str | Inputs) -> str:
+    """The backend whose implementation of ``op`` runs for ``name`` on ``device_type`` tensors, or
+    for the :class:`Inputs` given there (logs fallbacks once per reason)."""
+    inputs = device_type if isinstance(device_type, Inputs) else Inputs(device_type)
+    device_type = inputs.device_type
     if name == "reference":
         return "reference"
     if name == "auto":
@@ -186,15 +221,19 @@ def _choose(op: str, name: str, device_type: str) -> str:
         for candidate in _AUTO_ORDER[op]["cuda_device" if device_type == "cuda" else "cpu_device"]:
             reason = _unusable(op, candidate, device_type)
             if reason is None:
-                chosen = candidate
-                break
-            skipped.append((candidate, reason))
+                reason = _unsupported(op, candidate, inputs)
+                if reason is None:
+                    chosen = candidate
+                    break
+                skipped.append((candidate, reason, "cannot take these inputs"))
+            else:
+                skipped.append((candidate, reason, "unavailable"))
         else:
             chosen = "reference"
         if not torch.compiler.is_compiling():  # no logging (nor message formatting) at trace time
-            for candidate, reason in skipped:
+            for candidate, reason, what in skipped:
                 _note(op, "auto", device_type, reason,
-                      f"auto: {op} on {device_type} uses {_LABELS[chosen]}: {_LABELS[candidate]} unavailable "
+                      f"auto: {op} on {device_type} uses {_LABELS[chosen]}: {_LABELS[candidate]} {what} "
                       f"({_first_line(reason)})")
         return chosen
     if not _try_load(name):
@@ -210,14 +249,19 @@ def _choose(op: str, name: str, device_type: str) -> str:
     return name
 
 
-def resolve(op: str, backend: str | None, device: torch.device) -> Callable:
-    """The implementation of ``op`` for ``backend`` (None: the default) on ``device``.
+def resolve(op: str, backend: str | None, device: torch.device, dtype: torch.dtype | None = None,
+            num_joints: int | None = None, head_dim: int | None = None) -> Callable:
+    """The implementation of ``op`` for ``backend`` (None: the default) on ``device``, for inputs
+    of ``dtype`` with ``num_joints`` joints and head dim ``head_dim`` (None: not considered).
 
-    ``auto`` falls back to the reference when no faster implementation can run (reason logged
-    once); a requested backend that cannot load, or lacks ``op``, raises ``RuntimeError``.
+    ``auto`` falls back to the reference when no faster implementation can run these inputs
+    (reason logged once); a requested backend that cannot load, or lacks ``op``, raises
+    ``RuntimeError``. Reads only metadata: safe inside a compiled or captured step.
     """
     name = _check_name(backend) if backend is not None else _default_backend
-    return _IMPLS[op][_choose(op, name, device.type)]
+    if name == "reference":
+        return _IMPLS[op]["reference"]
+    return _IMPLS[op][_choose(op, name, Inputs(device.type, dtype, num_joints, head_dim))]
 
 
 def _device_types(device: torch.device | str | None) -> list[str]:
@@ -249,32 +293,44 @@ def prepare(backend: str | None = None, device: torch.device | str | None = None
             _choose(op, name, device_type)
 
 
-def backend_report(device: torch.device | str, backend: str | None = None) -> dict[str, str]:
+def backend_report(device: torch.device | str, backend: str | None = None, *, dtype: torch.dtype | None = None,
+                   num_joints: int | None = None, head_dim: int | None = None) -> dict[str, str]:
     """Which implementation each op of :data:`OPS` runs for tensors on ``device`` with ``backend``.
 
-    ``backend``: a name of :data:`BACKENDS` or None (the process default). Values: ``"reference"``,
-    ``"triton"``, ``"extension"`` (the C++/CUDA extension), or ``"unavailable"`` when a requested
-    backend cannot run the op (calling it raises ``RuntimeError``; the reason is logged once).
-    Loads (and builds) the backends now.
+    ``backend``: a name of :data:`BACKENDS` or None (the process default). ``dtype``,
+    ``num_joints``, ``head_dim``: describe the inputs (None: not considered), as ``auto`` chooses
+    per call -- e.g. ``backend_report("cuda", "auto", dtype=torch.float64)`` says ``reference``
+    for the Triton ops. Values: ``"reference"``, ``"triton"``, ``"extension"`` (the C++/CUDA
+    extension), or ``"unavailable"`` when a requested backend cannot run the op or these inputs
+    (calling it raises; the reason is logged once). Loads (and builds) the backends now.
     """
     name = _check_name(backend) if backend is not None else _default_backend
     device_type = torch.device(device).type
     report = {}
     for op in OPS:
+        inputs = Inputs(device_type, dtype, num_joints, head_dim if "attention" in op else None)
         try:
-            report[op] = IMPLEMENTATIONS[_choose(op, name, device_type)]
+            chosen = _choose(op, name, inputs)
         except RuntimeError as exc:
             _note(op, name, device_type, str(exc), f"{op} on {device_type} raises: {_first_line(str(exc))}")
             report[op] = "unavailable"
+            continue
+        reason = _unsupported(op, chosen, inputs) if name != "auto" and chosen != "reference" else None
+        if reason is not None:
+            _note(op, name, device_type, reason, f"backend {name!r}: {op} on {device_type} raises: {reason}")
+            report[op] = "unavailable"
+        else:
+            report[op] = IMPLEMENTATIONS[chosen]
     return report
 
 
-def backend_line(device: torch.device | str, backend: str | None = None) -> str:
+def backend_line(device: torch.device | str, backend: str | None = None, **inputs) -> str:
     """One line naming the implementation of every op, as printed at start-up by ``train.full`` and the CLI:
 
     ``ops on cpu (backend auto): film_residual_layernorm=reference ... skeletal_graph_conv=extension``.
-    ``backend`` None means the process default (shown by name). Loads (and builds) the backends now.
+    ``backend`` None means the process default (shown by name); ``inputs``: ``dtype``,
+    ``num_joints``, ``head_dim`` as for :func:`backend_report`. Loads (and builds) the backends now.
     """
     name = _check_name(backend) if backend is not None else _default_backend
-    report = backend_report(device, name)
+    report = backend_report(device, name, **inputs)
     return f"ops on {torch.device(device)} (backend {name}): " + " ".join(f"{op}={impl}" for op, impl in report.items())

@@ -28,11 +28,11 @@ import torch
 from torch.library import wrap_triton
 
 from kernels import film_layernorm as _film
-from kernels import is_interpreted
+from kernels import SUPPORTED_DTYPES, is_interpreted
 from kernels import skeletal_attention as _skel
 from kernels import temporal_attention as _temp
 
-from .dispatch import register
+from .dispatch import Inputs, register
 
 __all__ = ["NAMESPACE", "INTERPRETED", "film_residual_layernorm", "temporal_attention", "skeletal_attention"]
 
@@ -203,6 +203,25 @@ def skeletal_attention(q, k, v, scale=None):
     return o
 
 
-register("film_residual_layernorm", "triton", film_residual_layernorm)
-register("temporal_attention", "triton", temporal_attention)
-register("skeletal_attention", "triton", skeletal_attention)
+def _supports(max_joints: int | None = None, max_head_dim: int | None = None):
+    """``supports`` for the dispatcher: None when these kernels take the inputs, else why not
+    (``auto`` then runs the reference and logs the reason once)."""
+
+    def supports(inputs: Inputs) -> str | None:
+        if inputs.dtype is not None and inputs.dtype not in SUPPORTED_DTYPES:
+            return f"dtype {inputs.dtype} (the Triton kernels take float32, float16, bfloat16)"
+        if inputs.device_type == "cpu" and not INTERPRETED:
+            return "CPU tensors need TRITON_INTERPRET=1"
+        if max_joints is not None and inputs.num_joints is not None and inputs.num_joints > max_joints:
+            return f"J={inputs.num_joints} joints > {max_joints}"
+        if max_head_dim is not None and inputs.head_dim is not None and inputs.head_dim > max_head_dim:
+            return f"head dim {inputs.head_dim} > {max_head_dim}"
+        return None
+
+    return supports
+
+
+register("film_residual_layernorm", "triton", film_residual_layernorm, supports=_supports())
+register("temporal_attention", "triton", temporal_attention, supports=_supports(max_head_dim=_temp.MAX_HEAD_DIM))
+register("skeletal_attention", "triton", skeletal_attention,
+         supports=_supports(max_joints=_skel.MAX_JOINTS, max_head_dim=_skel.MAX_HEAD_DIM))
