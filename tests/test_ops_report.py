@@ -172,6 +172,80 @@ def test_no_logging_while_compiling(caplog, no_extension, monkeypatch):
     assert len(_ops_records(caplog)) == 1
 
 
+# ----------------------------------------------------------------------------- auto per call
+
+def _triton_loads() -> bool:
+    return dispatch._try_load("triton")
+
+
+@pytest.mark.parametrize("inputs,expected,reason", [
+    (dict(dtype=torch.float64), {"film_residual_layernorm": "reference", "temporal_attention": "reference",
+                                 "skeletal_attention": "reference"}, "dtype torch.float64"),
+    (dict(dtype=torch.float32, num_joints=40, head_dim=64), {"film_residual_layernorm": "triton",
+                                                             "temporal_attention": "triton",
+                                                             "skeletal_attention": "reference"}, "J=40 joints > 32"),
+    (dict(dtype=torch.bfloat16, num_joints=7, head_dim=256), {"film_residual_layernorm": "triton",
+                                                              "temporal_attention": "reference",
+                                                              "skeletal_attention": "reference"}, "head dim 256 > 128"),
+    (dict(dtype=torch.float16, num_joints=7, head_dim=64), {"film_residual_layernorm": "triton",
+                                                            "temporal_attention": "triton",
+                                                            "skeletal_attention": "triton"}, None),
+], ids=["fp64", "J40", "d256", "fp16-fits"])
+def test_auto_chooses_per_call_from_dtype_and_shape(caplog, fresh_notes, inputs, expected, reason):
+    """On CUDA tensors auto takes Triton only for inputs its kernels handle; otherwise the reference,
+    with the reason logged once (the dispatcher looks only at the device type, so this runs on a CPU)."""
+    if not _triton_loads():
+        pytest.skip(f"triton cannot be imported here: {dispatch._load_errors.get('triton')}")
+    caplog.set_level(logging.WARNING, logger="sald_fast.ops")
+    cuda = torch.device("cuda")
+    for _ in range(3):
+        report = ops.backend_report(cuda, "auto", **inputs)
+        for op, impl in expected.items():
+            assert report[op] == impl, (op, report)
+            fn = dispatch.resolve(op, "auto", cuda, inputs["dtype"], inputs.get("num_joints"),
+                                  inputs.get("head_dim") if "attention" in op else None)
+            assert fn is dispatch._IMPLS[op]["triton" if impl == "triton" else "reference"]
+    messages = [r.getMessage() for r in _ops_records(caplog) if any(f" {op} " in r.getMessage() for op in expected)]
+    falls = [op for op, impl in expected.items() if impl == "reference"]
+    assert len(messages) == len(falls), messages  # once per op and reason, not per call
+    for op in falls:
+        assert any(m.startswith(f"auto: {op} on cuda uses the reference: Triton cannot take these inputs ({reason}")
+                   for m in messages), messages
+    # a line for these inputs says the same
+    line = ops.backend_line(cuda, "auto", **inputs)
+    assert all(f"{op}={impl}" in line for op, impl in expected.items())
+
+
+def test_explicit_triton_with_unsupported_inputs_is_reported_unavailable(fresh_notes):
+    if not _triton_loads():
+        pytest.skip("triton cannot be imported here")
+    report = ops.backend_report("cuda", "triton", dtype=torch.float64)
+    assert report["skeletal_attention"] == "unavailable" and report["temporal_attention"] == "unavailable"
+    assert ops.backend_report("cuda", "triton", dtype=torch.float32)["skeletal_attention"] == "triton"
+
+
+def test_auto_on_the_cpu_with_fp64_runs_the_reference():
+    q = torch.randn(1, 3, 40, 2, 4, dtype=torch.float64)
+    o = ops.skeletal_attention(q, q, q, backend="auto")
+    torch.testing.assert_close(o, reference.skeletal_attention(q, q, q))
+
+
+def test_triton_import_failure_is_logged_where_a_gpu_would_use_it(caplog, fresh_notes, monkeypatch):
+    caplog.set_level(logging.WARNING, logger="sald_fast.ops")
+    monkeypatch.setattr(dispatch, "_loaded", {b for b in dispatch._loaded if b != "triton"})
+    monkeypatch.setattr(dispatch, "_load_errors", {})
+    monkeypatch.setitem(dispatch._BACKEND_MODULES, "triton", "sald_fast.ops._no_such_triton")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    for op in ("film_residual_layernorm", "temporal_attention", "skeletal_attention"):
+        monkeypatch.delitem(dispatch._IMPLS[op], "triton", raising=False)
+    report = ops.backend_report("cuda", "auto")
+    assert report["temporal_attention"] == "reference" and report["skeletal_attention"] == "reference"
+    messages = [r.getMessage() for r in _ops_records(caplog)]
+    assert messages[0].startswith("sald_fast: the Triton backend cannot be imported (ModuleNotFoundError"), messages
+    assert "auto: temporal_attention on cuda uses the reference: Triton unavailable (ModuleNotFoundError" in \
+        " ".join(messages)
+
+
 # ----------------------------------------------------------------------------- entry points
 
 def test_train_full_prints_the_line_first(monkeypatch, capsys, tmp_path):
