@@ -21,6 +21,7 @@ from sald_fast.checkpoint import load_checkpoint
 from sald_fast.config import SALDConfig
 from sald_fast.denoiser import Denoiser
 from sald_fast.diffusion import GaussianDiffusion
+from sald_fast.ops import validate_lengths, validate_text_mask
 from sald_fast.text import TextEncoder, build_text_encoder
 from sald_fast.vae import SkeletonVAE
 
@@ -33,11 +34,28 @@ __all__ = ["LatentTextDataset", "train_denoiser", "load_denoiser", "main"]
 
 class LatentTextDataset(torch.utils.data.Dataset):
     """Pre-encoded latents with their text: items dict(mu, logvar (N',J',d), length (latent
-    frames), text_index). ``text_features`` (T, L, C) and ``text_mask`` (T, L) are shared tables."""
+    frames), text_index). ``text_features`` (T, L, C) and ``text_mask`` (T, L) are shared tables.
+
+    The values the training step never reads back (lengths in [1, N'], a real token in every
+    text) are validated here, once per dataset, so the steps need no host synchronisation."""
 
     def __init__(self, mu, logvar, lengths, text_index, text_features, text_mask):
         self.mu, self.logvar, self.lengths, self.text_index = mu, logvar, lengths, text_index
         self.text_features, self.text_mask = text_features, text_mask
+        validate_lengths(torch.as_tensor(lengths), mu.shape[0], mu.shape[1], name="latent lengths")
+        validate_text_mask(text_mask)
+        self._tables: dict = {}
+
+    def text_tables(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """(text_features, text_mask) on ``device``, copied there once (a step indexes them with the
+        batch's device ``text_index``: no copy back to the host)."""
+        key = str(device)
+        if key not in self._tables:
+            self._tables[key] = (self.text_features.to(device), self.text_mask.to(device))
+        return self._tables[key]
+
+    def __getstate__(self) -> dict:  # data-loader workers get the host tables only
+        return {**self.__dict__, "_tables": {}}
 
     def __len__(self) -> int:
         return self.mu.shape[0]
@@ -108,15 +126,15 @@ def train_denoiser(cfg: SALDConfig, args: argparse.Namespace, run_dir: Path, dis
     def loss_fn(model, batch):
         mu, logvar = batch["mu"], batch["logvar"]
         z0 = (mu + torch.randn_like(mu) * (0.5 * logvar).exp()) * scale
-        text = train_set.text_features[batch["text_index"].cpu()].to(device)
-        mask = train_set.text_mask[batch["text_index"].cpu()].to(device)
+        features, masks = train_set.text_tables(device)
+        text, mask = features[batch["text_index"]], masks[batch["text_index"]]
         loss = diffusion.training_loss(model, z0, text, mask, batch["length"], cfg.denoiser.cond_drop_prob)
         return {"loss": loss}
 
     def val_loss_fn(model, batch):
         mu = batch["mu"] * scale
-        text = val_set.text_features[batch["text_index"].cpu()].to(device)
-        mask = val_set.text_mask[batch["text_index"].cpu()].to(device)
+        features, masks = val_set.text_tables(device)
+        text, mask = features[batch["text_index"]], masks[batch["text_index"]]
         return {"loss": diffusion.training_loss(model, mu, text, mask, batch["length"], 0.0)}
 
     t = cfg.train
