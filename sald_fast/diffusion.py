@@ -391,37 +391,35 @@ class GaussianDiffusion(nn.Module):
     def _sample_graphed(self, denoiser, plan: SamplingPlan, noise: torch.Tensor, text, text_mask, lengths,
                         guidance: float, reuse_text: bool) -> torch.Tensor:
         """:func:`_run_plan` captured as one CUDA graph (cached per configuration), replayed."""
-        graphs = self.__dict__.setdefault("_cuda_graphs", {})
-        params = next(iter(denoiser.parameters()), None) if hasattr(denoiser, "parameters") else None
-        key = (id(denoiser), plan.scheduler, plan.num_steps, tuple(noise.shape), noise.device, guidance, reuse_text,
+        # cached on the denoiser (dies with it); the parameters' addresses invalidate a graph whose
+        # weights were replaced rather than updated in place
+        graphs = denoiser.__dict__.setdefault("_sald_cuda_graphs", {})
+        params = tuple(p.data_ptr() for p in denoiser.parameters()) if hasattr(denoiser, "parameters") else ()
+        key = (plan.scheduler, plan.num_steps, tuple(noise.shape), noise.device, guidance, reuse_text,
                None if text is None else tuple(text.shape), None if text is None else text.dtype,
-               text_mask is None, None if lengths is None else lengths.dtype,
-               None if params is None else params.dtype, getattr(denoiser, "backend", None))
+               text_mask is None, None if lengths is None else lengths.dtype, params,
+               getattr(denoiser, "backend", None))
         entry = graphs.get(key)
         if entry is None:
+            batch = noise.shape[0] * (2 if text is not None and guidance != 1.0 else 1)
             static = {"noise": noise.clone(), "text": None if text is None else text.clone(),
                       "mask": None if text_mask is None else text_mask.clone(),
-                      "lengths": None if lengths is None else lengths.clone()}
+                      "lengths": None if lengths is None else lengths.clone(),
+                      # host-to-device copies cannot be captured: the timesteps go over first
+                      "t_table": plan.timesteps.to(noise.device).view(-1, 1).expand(-1, batch)}
 
             def run() -> torch.Tensor:
                 return _run_plan(denoiser, plan, static["noise"], static["text"], static["mask"], static["lengths"],
-                                 guidance, reuse_text, False)
+                                 guidance, reuse_text, False, t_table=static["t_table"])
 
-            side = torch.cuda.Stream(device=noise.device)
-            side.wait_stream(torch.cuda.current_stream(noise.device))
-            with torch.cuda.stream(side):
-                run()  # warm-up: compiles kernels, loads modules, settles the allocator
-            torch.cuda.current_stream(noise.device).wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                out = run()
-            entry = graphs[key] = (graph, static, out)
-        graph, static, out = entry
+            replay, out = _capture_graph(run, noise.device)
+            entry = graphs[key] = (replay, static, out)
+        replay, static, out = entry
         static["noise"].copy_(noise)
         for name, value in (("text", text), ("mask", text_mask), ("lengths", lengths)):
             if value is not None:
                 static[name].copy_(value)
-        graph.replay()
+        replay()
         return out.clone()
 
     def _sample_diffusers(self, denoiser, noise, text, text_mask, lengths, steps, guidance, scheduler, generator,
@@ -443,6 +441,19 @@ class GaussianDiffusion(nn.Module):
             eps = _guided(denoiser, z_in, t_in, context, text_in, mask_in, len_in, drop_in, cfg_batch, guidance)
             z = scheduler.step(eps, t, z, **step_kwargs).prev_sample
         return z
+
+
+def _capture_graph(run: Callable[[], torch.Tensor], device: torch.device):
+    """Warm ``run`` up on a side stream, capture it as a CUDA graph; returns (replay, output)."""
+    side = torch.cuda.Stream(device=device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):
+        run()  # warm-up: compiles and autotunes kernels, loads modules, settles the allocator
+    torch.cuda.current_stream(device).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = run()
+    return graph.replay, out
 
 
 def _cfg_inputs(text, text_mask, lengths, guidance: float, B: int):
@@ -478,14 +489,16 @@ def _guided(denoiser, z_in, t_in, context, text_in, mask_in, len_in, drop_in, cf
 
 
 def _run_plan(denoiser, plan: SamplingPlan, noise: torch.Tensor, text, text_mask, lengths, guidance: float,
-              reuse_text: bool, progress: bool) -> torch.Tensor:
+              reuse_text: bool, progress: bool, t_table: torch.Tensor | None = None) -> torch.Tensor:
     """Sample with a :class:`SamplingPlan`: only tensor arithmetic on the device, no host reads, no
-    branch on a tensor's value (so the whole run can be captured as a CUDA graph)."""
+    branch on a tensor's value (so the whole run can be captured as a CUDA graph). ``t_table``:
+    the (S, batch) timesteps already on the device (else copied there once)."""
     B = noise.shape[0]
     cfg_batch, text_in, mask_in, len_in, drop_in = _cfg_inputs(text, text_mask, lengths, guidance, B)
     context = _text_context(denoiser, text_in, mask_in, drop_in, reuse_text)
     batch = 2 * B if cfg_batch else B
-    t_table = plan.timesteps.to(noise.device).view(-1, 1).expand(-1, batch)  # (S, batch), one copy per run
+    if t_table is None:
+        t_table = plan.timesteps.to(noise.device).view(-1, 1).expand(-1, batch)  # (S, batch), one copy per run
     z = noise * plan.init_sigma
     zs: list[torch.Tensor] = [z]
     outs: list[torch.Tensor] = []

@@ -216,3 +216,35 @@ def test_generate_cuda_graph_on_cpu_fails_clearly():
     model = SignSALD.from_config(cfg, seed=0, backend="reference").eval()
     with pytest.raises(ValueError, match="needs a CUDA device; the model is on cpu"):
         model.generate("hello", num_frames=8, steps=2, cuda_graph=True)
+
+
+def test_graph_cache_and_static_inputs_with_a_stand_in_capture(monkeypatch):
+    """The CUDA-graph bookkeeping on the CPU: a stand-in capture (replay re-runs the captured
+    function into the captured output). One capture per configuration, new noise / text / lengths
+    reach the static inputs, and every replay equals the eager run with the same seed."""
+    import sald_fast.diffusion as diffusion_module
+
+    captures = []
+
+    def fake_capture(run, device):
+        out = run()
+        captures.append(out)
+        return (lambda: out.copy_(run())), out
+
+    monkeypatch.setattr(diffusion_module, "_capture_graph", fake_capture)
+    den = _tiny_denoiser("reference")
+    diffusion = GaussianDiffusion(DiffusionConfig())
+    for scheduler in ("ddim", "dpm++"):
+        plan = sampling_plan(diffusion.cfg, scheduler, 6)
+        for seed in (0, 1, 2):
+            g = torch.Generator().manual_seed(seed)
+            text = torch.randn(2, 5, 8, generator=g)
+            mask = torch.rand(2, 5, generator=g) < 0.7
+            mask[:, 0] = True
+            lengths = torch.randint(1, 4, (2,), generator=g)
+            noise = torch.randn(2, 3, 7, 4, generator=g)
+            graphed = diffusion._sample_graphed(den, plan, noise, text, mask, lengths, 3.0, True)
+            eager = diffusion_module._run_plan(den, plan, noise, text, mask, lengths, 3.0, True, False)
+            torch.testing.assert_close(graphed, eager, rtol=0, atol=0)
+    assert len(captures) == 2  # once per scheduler, not per call
+    assert len(den.__dict__["_sald_cuda_graphs"]) == 2
