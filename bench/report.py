@@ -35,7 +35,7 @@ PREAMBLE = ("# Benchmark results\n\n"
             "Roofline share = max(achieved GB/s / copy GB/s, achieved TFLOP/s / matmul TFLOP/s), both ceilings "
             "measured by the suite on the device.\n\n")
 IMPL_ORDER = ["reference", "compiled_reference", "triton", "extension", "fast", "compiled_fast",
-              "compiled_fast_cudagraphs", "aggregate", "aggregate_transpose", "copy"]
+              "compiled_fast_cudagraphs", "fast_cuda_graph", "aggregate", "aggregate_transpose", "copy"]
 IGNORED_SKIPS = ("Skipping non-benchmark",)
 
 

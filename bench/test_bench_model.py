@@ -299,7 +299,7 @@ def test_vae_decode(timer, smoke, compile_backend, impl):
 SENTENCES = ["where is the library?", "thank you very much", "the weather is cold today", "good morning, my friend"]
 
 
-@pytest.mark.parametrize("impl", IMPLS + ["compiled_fast_cudagraphs"])
+@pytest.mark.parametrize("impl", IMPLS + ["compiled_fast_cudagraphs", "fast_cuda_graph"])
 def test_sampling(timer, smoke, compile_backend, impl, case):
     name, batch = case
     if CUDA and name == "tiny" and not smoke:
@@ -308,16 +308,20 @@ def test_sampling(timer, smoke, compile_backend, impl, case):
         pytest.skip("sampling 64 sentences with the paper preset on the CPU: many minutes per DDIM-50 call")
     if not CUDA and not smoke and batch > 1 and impl != "reference":
         pytest.skip("sampling a batch on the CPU: the reference only (the one-sentence cases compare implementations)")
+    if impl == "fast_cuda_graph" and not CUDA:
+        pytest.skip("the whole-run CUDA graph (generate(cuda_graph=True)) needs a GPU")
     backend = _check_impl(impl, DENOISER_OPS + VAE_OPS, smoke)
     cfg = _config(name, smoke)
-    pipe = _pipeline(name, impl, backend, smoke, compile_backend)
+    pipe = _pipeline(name, "fast" if impl == "fast_cuda_graph" else impl, backend, smoke, compile_backend)
+    graph = impl == "fast_cuda_graph"
     steps, frames = (2, cfg.train.num_frames) if smoke else (50, cfg.train.num_frames)
     texts = [f"{SENTENCES[i % len(SENTENCES)]} ({i})" if batch > 1 else SENTENCES[0] for i in range(batch)]
 
     def generate(model: SignSALD, prompts: list[str], num_steps: int) -> torch.Tensor:
         model.text_encoder.clear_cache()  # the prompt's encoding is part of the latency
         with autocast():
-            return model.generate(prompts, num_frames=frames, steps=num_steps, seed=0).positions
+            return model.generate(prompts, num_frames=frames, steps=num_steps, seed=0,
+                                  cuda_graph=graph and model is pipe).positions
 
     reference = functools.partial(_pipeline, name, "reference", "reference", smoke, compile_backend)
     one_step, two_steps = (_flops(smoke, lambda: generate(reference(), texts[:1], n)) for n in (1, 2))
@@ -325,7 +329,8 @@ def test_sampling(timer, smoke, compile_backend, impl, case):
     flops = batch * (one_step - per_step + steps * per_step)
     positions = timer(functools.partial(generate, pipe, texts, steps), [()],
                       group=f"sampling {name}, {batch} sentence{'s' if batch > 1 else ''} (DDIM-{steps}, {frames} frames)",
-                      impl=impl, flops=flops, warmup=3 if impl.endswith("cudagraphs") else 2 if impl.startswith("compiled") else 1,
+                      impl=impl, flops=flops,
+                      warmup=3 if impl.endswith("cudagraphs") else 2 if impl.startswith("compiled") or graph else 1,
                       precision=PRECISION, steps=steps, guidance=cfg.diffusion.guidance,
                       shape=f"{batch} x {frames} frames, DDIM-{steps}, CFG (denoiser batch {2 * batch})")
     assert positions.shape == (batch, frames, 44, 3) and torch.isfinite(positions).all()

@@ -398,7 +398,8 @@ class GaussianDiffusion(nn.Module):
         key = (plan.scheduler, plan.num_steps, tuple(noise.shape), noise.device, guidance, reuse_text,
                None if text is None else tuple(text.shape), None if text is None else text.dtype,
                text_mask is None, None if lengths is None else lengths.dtype, params,
-               getattr(denoiser, "backend", None))
+               getattr(denoiser, "backend", None), torch.is_autocast_enabled("cuda"),
+               torch.get_autocast_dtype("cuda"))
         entry = graphs.get(key)
         if entry is None:
             batch = noise.shape[0] * (2 if text is not None and guidance != 1.0 else 1)
@@ -445,14 +446,21 @@ class GaussianDiffusion(nn.Module):
 
 def _capture_graph(run: Callable[[], torch.Tensor], device: torch.device):
     """Warm ``run`` up on a side stream, capture it as a CUDA graph; returns (replay, output)."""
-    side = torch.cuda.Stream(device=device)
-    side.wait_stream(torch.cuda.current_stream(device))
-    with torch.cuda.stream(side):
-        run()  # warm-up: compiles and autotunes kernels, loads modules, settles the allocator
-    torch.cuda.current_stream(device).wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        out = run()
+    # autocast's cache of cast weights would be freed when the caller's autocast region ends while
+    # the graph still reads it: no cache while warming up and capturing (casts become graph nodes)
+    cache = torch.is_autocast_cache_enabled()
+    torch.set_autocast_cache_enabled(False)
+    try:
+        side = torch.cuda.Stream(device=device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):
+            run()  # warm-up: compiles and autotunes kernels, loads modules, settles the allocator
+        torch.cuda.current_stream(device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = run()
+    finally:
+        torch.set_autocast_cache_enabled(cache)
     return graph.replay, out
 
 
