@@ -1,0 +1,93 @@
+"""``python -m bench.sampling_ab``: ``SignSALD.generate`` per implementation, interleaved.
+
+The issue's CPU target is a ratio (tiny preset, one sentence, DDIM-50: the fast path against the
+eager reference); on a shared machine the load moves between pytest-benchmark's groups, so this
+script runs the implementations round-robin in one process (each rep starts with a different one)
+and prints their medians and ratios::
+
+    OMP_NUM_THREADS=1 python -m bench.sampling_ab                     # tiny, 1 sentence, 64 frames, DDIM-50
+    OMP_NUM_THREADS=1 python -m bench.sampling_ab --compiled          # + torch.compile of both denoisers
+    OMP_NUM_THREADS=1 python -m bench.sampling_ab --diffusers-loop    # + the reference through diffusers' step
+
+``reference``: backend "reference"; ``fast``: backend "auto" (the same weights). Both sample from
+the precomputed plan (no diffusers call per step); ``--diffusers-loop`` adds the reference stepping
+through the diffusers scheduler, i.e. the sampling loop before the plan. A call is the whole
+``generate``: text encoding (prompt cache cleared), sampling, VAE decoding and the pose outputs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from bench.test_bench_model import _config
+from sald_fast.diffusion import make_scheduler
+from sald_fast.ops import backend_line
+from sald_fast.pipeline import SignSALD
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.sampling_ab", description=__doc__.splitlines()[0])
+    p.add_argument("--preset", default="tiny")
+    p.add_argument("--frames", type=int, default=64)
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--reps", type=int, default=7)
+    p.add_argument("--compiled", action="store_true", help="also torch.compile (inductor) of each denoiser")
+    p.add_argument("--diffusers-loop", action="store_true", help="also the reference through diffusers' step")
+    args = p.parse_args(argv)
+
+    cfg = _config(args.preset, False)
+    models = {}
+    for name, backend in (("reference", "reference"), ("fast", "auto")):
+        models[name] = SignSALD.from_config(cfg, seed=0, backend=backend).eval()
+        print(backend_line("cpu", backend))
+    if args.compiled:
+        for name in list(models):
+            base = models[name]
+            models["compiled_" + name] = SignSALD(cfg, base.vae, torch.compile(base.denoiser, dynamic=None),
+                                                  base.text_encoder).eval()
+    scheduler = {"reference_diffusers_loop": lambda: make_scheduler(cfg.diffusion, "ddim")} if args.diffusers_loop \
+        else {}
+    if args.diffusers_loop:
+        models["reference_diffusers_loop"] = models["reference"]
+    text = ["where is the library?"]
+
+    def call(name: str) -> float:
+        model = models[name]
+        model.text_encoder.clear_cache()
+        sched = scheduler[name]() if name in scheduler else None
+        start = time.perf_counter()
+        with torch.no_grad():
+            if sched is None:
+                model.generate(text, num_frames=args.frames, steps=args.steps, seed=0)
+            else:  # generate's steps with a scheduler instance (the diffusers loop)
+                t, m = model.encode_text(text)
+                z = model.diffusion.sample(model.denoiser, (1, -(-args.frames // 4), cfg.denoiser.num_atoms,
+                                                            cfg.denoiser.latent_dim), t, m, None, steps=args.steps,
+                                           scheduler=sched, generator=torch.Generator().manual_seed(0))
+                model.poses_from_features(model.decode_latents(z)[:, :args.frames].float(), text)
+        return time.perf_counter() - start
+
+    names = list(models)
+    for name in names:  # warm-up (and compilation)
+        call(name)
+        call(name)
+    times = {n: [] for n in names}
+    for rep in range(args.reps):
+        for i in range(len(names)):
+            name = names[(rep + i) % len(names)]
+            times[name].append(call(name))
+    med = {n: statistics.median(v) for n, v in times.items()}
+    print(f"{args.preset}, 1 sentence, {args.frames} frames, DDIM-{args.steps}, {torch.get_num_threads()} thread(s), "
+          f"{args.reps} interleaved reps")
+    for n in names:
+        print(f"  {n:26s} median {med[n] * 1e3:8.1f} ms  (min {min(times[n]) * 1e3:.1f}, max {max(times[n]) * 1e3:.1f})"
+              f"  reference / this = {med['reference'] / med[n]:.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
