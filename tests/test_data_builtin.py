@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from sald_fast.data import check_clip, load_clips
-from sald_fast.data import builtin
+from sald_fast.data.builtin import arm_hand
 from sald_fast.data.builtin import (VOCABULARY, alternate_renditions, builtin_corpus, sentence_pool, sentence_to_glosses,
                                      synthesize)
 from sald_fast.features import features_to_positions, smplx_to_features
@@ -179,11 +179,11 @@ def test_symmetric_signs_mirror_the_hands():
 
 def test_two_bone_ik_reaches_targets():
     rng = np.random.default_rng(0)
-    targets = builtin._LEFT_SHOULDER + rng.normal(size=(200, 3)) * 0.15 + np.array([-0.1, -0.1, 0.3])
-    reach = np.linalg.norm(targets - builtin._LEFT_SHOULDER, axis=1)
+    targets = arm_hand._LEFT_SHOULDER + rng.normal(size=(200, 3)) * 0.15 + np.array([-0.1, -0.1, 0.3])
+    reach = np.linalg.norm(targets - arm_hand._LEFT_SHOULDER, axis=1)
     targets = targets[(reach > 0.15) & (reach < 0.45)]
     swivel = rng.uniform(-0.5, 0.5, len(targets))
-    sh, el = builtin._arm_pose(targets, swivel)
+    sh, el = arm_hand._arm_pose(targets, swivel)
     local = torch.eye(3, dtype=torch.float64).repeat(len(targets), SK.num_joints, 1, 1)
     local[:, SK.index("left_shoulder")] = axis_angle_to_matrix(torch.from_numpy(sh))
     local[:, SK.index("left_elbow")] = axis_angle_to_matrix(torch.from_numpy(el))
