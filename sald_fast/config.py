@@ -11,6 +11,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from .frames import TEMPORAL_FACTOR
+
 __all__ = [
     "VAEConfig",
     "DenoiserConfig",
@@ -174,8 +176,9 @@ class SALDConfig:
             raise ValueError(f"train.warmup_steps must be >= 0, got {self.train.warmup_steps}")
         if not 0.0 <= self.train.ema_decay < 1.0:
             raise ValueError(f"train.ema_decay must lie in [0, 1), got {self.train.ema_decay}")
-        if self.train.num_frames % 4 != 0:
-            raise ValueError(f"train.num_frames must be a multiple of 4, got {self.train.num_frames}")
+        if self.train.num_frames % TEMPORAL_FACTOR != 0:
+            raise ValueError(f"train.num_frames must be a multiple of {TEMPORAL_FACTOR} (the VAE's temporal factor), "
+                             f"got {self.train.num_frames}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

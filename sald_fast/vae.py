@@ -25,6 +25,7 @@ from torch import nn
 
 from . import ops
 from .config import VAEConfig
+from .frames import TEMPORAL_FACTOR
 from .features import FEATURE_DIM, FeatureNormalizer, features_to_positions
 from .ops.dispatch import BACKENDS
 from .profiling import nvtx_range
@@ -33,7 +34,6 @@ from .skeleton import SIGNING_SKELETON, Skeleton, pooling_hierarchy
 __all__ = ["SkeletonVAE", "JointLinear", "JointMLP", "STConv", "STBlock", "STPool", "STUnpool",
            "TEMPORAL_FACTOR", "upsample_time_linear"]
 
-TEMPORAL_FACTOR = 4  # frames per latent frame (two temporal poolings by 2)
 _LOGVAR_RANGE = (-30.0, 20.0)  # clamp, as diffusers' DiagonalGaussianDistribution
 
 

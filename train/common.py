@@ -25,7 +25,7 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
-from sald_fast.checkpoint import load_checkpoint, save_checkpoint
+from sald_fast.checkpoint import load_checkpoint, save_checkpoint, strip_prefix
 from sald_fast.config import SALDConfig, preset
 
 __all__ = ["add_common_args", "config_from_args", "Dist", "init_distributed", "Trainer", "JsonlLogger",
@@ -346,10 +346,10 @@ class Trainer:
         if not (path / "config.json").exists():
             return False
         tensors, _, meta = load_checkpoint(path)
-        model_sd = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+        model_sd = strip_prefix(tensors, "model")
         self.model.load_state_dict(model_sd, strict=True)
         if self.ema is not None:
-            ema_sd = {k[len("ema."):]: v for k, v in tensors.items() if k.startswith("ema.")}
+            ema_sd = strip_prefix(tensors, "ema")
             self.ema.load_state_dict(ema_sd if ema_sd else model_sd, strict=True)
         self.optimizer.load_state_dict(_optimizer_state(tensors, meta["optimizer"]))
         self.step = int(meta["step"])

@@ -17,15 +17,16 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from sald_fast.checkpoint import load_checkpoint
+from sald_fast.checkpoint import load_checkpoint, strip_prefix
 from sald_fast.config import SALDConfig
 from sald_fast.denoiser import Denoiser
 from sald_fast.diffusion import GaussianDiffusion
+from sald_fast.frames import frame_mask, latent_length
 from sald_fast.text import TextEncoder, build_text_encoder
 from sald_fast.vae import SkeletonVAE
 
 from .common import Dist, Trainer, add_common_args, config_from_args, default_run_dir, init_distributed, resolve_device
-from .data import load_split_datasets, padding_mask
+from .data import load_split_datasets
 from .vae import load_vae
 
 __all__ = ["LatentTextDataset", "train_denoiser", "load_denoiser", "main"]
@@ -69,7 +70,7 @@ def encode_dataset(vae: SkeletonVAE, dataset, text_encoder: TextEncoder, device:
         mu, logvar = vae.encode(vae.normalizer.normalize(x))
         mus.append(mu.float().cpu())
         logvars.append(logvar.float().cpu())
-        lengths.extend((it["length"] + 3) // 4 for it in items)
+        lengths.extend(latent_length(it["length"]) for it in items)
         texts.extend(it["text"] for it in items)
     unique = sorted(set(texts))
     feats, masks = [], []
@@ -85,7 +86,7 @@ def encode_dataset(vae: SkeletonVAE, dataset, text_encoder: TextEncoder, device:
 
 def latent_scale_of(ds: LatentTextDataset) -> float:
     """1 / std of the valid latent means (so scaled latents have unit variance)."""
-    mask = padding_mask(ds.lengths, ds.mu.shape[1])
+    mask = frame_mask(ds.lengths, ds.mu.shape[1])
     return float(1.0 / ds.mu[mask].std().clamp_min(1e-4))
 
 
@@ -143,7 +144,7 @@ def load_denoiser(run_dir: Path, device: torch.device | str = "cpu", which: str 
     tensors, config, _ = load_checkpoint(Path(run_dir) / "denoiser" / which)
     cfg = SALDConfig.from_dict(config)
     den = Denoiser(cfg.denoiser, backend=backend)
-    den.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}, strict=True)
+    den.load_state_dict(strip_prefix(tensors, "model"), strict=True)
     return den.to(device).eval()
 
 
