@@ -5,10 +5,12 @@ mirror, and the row of each joint in a (52, 3) SMPL-X pose frame."""
 from __future__ import annotations
 
 import numpy as np
+import torch
 
+from sald_fast.geometry import (axis_angle_to_quaternion, matrix_to_axis_angle, quaternion_multiply,
+                                 quaternion_to_axis_angle)
 from sald_fast.skeleton import SIGNING_SKELETON
 
-from ..dataset import aa_to_quat, matrix_to_quat, quat_mul, quat_to_aa
 
 def _normalize(v: np.ndarray) -> np.ndarray:
     return v / np.maximum(np.linalg.norm(v, axis=-1, keepdims=True), 1e-12)
@@ -48,9 +50,9 @@ def _two_bone_ik(target: np.ndarray, swivel: np.ndarray) -> tuple[np.ndarray, np
     return shoulder, elbow_rot
 
 
-def _axis_rot(axis: np.ndarray, angle: np.ndarray) -> np.ndarray:
-    """Quaternions (F, 4) of rotations by ``angle`` (F,) about the unit ``axis`` (3,)."""
-    return aa_to_quat(angle[:, None] * np.asarray(axis, dtype=np.float64)[None])
+def _axis_rot(axis: np.ndarray, angle: np.ndarray) -> torch.Tensor:
+    """Quaternions (F, 4) float64 of rotations by ``angle`` (F,) about the unit ``axis`` (3,)."""
+    return axis_angle_to_quaternion(torch.from_numpy(angle[:, None] * np.asarray(axis, dtype=np.float64)[None]))
 
 
 def _hand_pose(hs: np.ndarray, palm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -58,19 +60,20 @@ def _hand_pose(hs: np.ndarray, palm: np.ndarray) -> tuple[np.ndarray, np.ndarray
     order (index, middle, pinky, ring, thumb; three joints each)."""
     F = hs.shape[0]
     ex, ey, ez = np.eye(3)
-    wrist = quat_mul(quat_mul(_axis_rot(ex, -palm[:, 0]), _axis_rot(ez, -palm[:, 1])), _axis_rot(ey, -palm[:, 2]))
+    wrist = quaternion_multiply(quaternion_multiply(_axis_rot(ex, -palm[:, 0]), _axis_rot(ez, -palm[:, 1])),
+                                _axis_rot(ey, -palm[:, 2]))
     fingers = np.zeros((F, 15, 3))
     spread = hs[:, 10] * 0.22
     # SMPL-X order index, middle, pinky, ring, thumb; our handshape order thumb, index, middle, ring, pinky
     for slot, (k, spread_sign) in enumerate(((1, -1.0), (2, 0.0), (4, 1.3), (3, 0.6))):
-        base = quat_mul(_axis_rot(ey, spread_sign * spread), _axis_rot(ez, -1.45 * hs[:, k]))
-        fingers[:, 3 * slot] = quat_to_aa(base)
+        base = quaternion_multiply(_axis_rot(ey, spread_sign * spread), _axis_rot(ez, -1.45 * hs[:, k]))
+        fingers[:, 3 * slot] = quaternion_to_axis_angle(base).numpy()
         fingers[:, 3 * slot + 1] = -1.6 * hs[:, 5 + k, None] * ez
         fingers[:, 3 * slot + 2] = -1.1 * hs[:, 5 + k, None] * ez
     fingers[:, 12] = 1.0 * hs[:, 0, None] * _THUMB_AXIS
     fingers[:, 13] = 0.8 * hs[:, 5, None] * _THUMB_AXIS
     fingers[:, 14] = 0.8 * hs[:, 5, None] * _THUMB_AXIS
-    return quat_to_aa(wrist), fingers
+    return quaternion_to_axis_angle(wrist).numpy(), fingers
 
 
 def _mirror_aa(aa: np.ndarray) -> np.ndarray:
@@ -83,7 +86,7 @@ def _arm_pose(wrist_target: np.ndarray, swivel: np.ndarray) -> tuple[np.ndarray,
     frame (actual coordinates, left side)."""
     rel = wrist_target - _LEFT_SHOULDER  # collar and spine rotations move the whole frame with them
     sh, el = _two_bone_ik(rel, swivel)
-    return quat_to_aa(matrix_to_quat(sh)), quat_to_aa(matrix_to_quat(el))
+    return matrix_to_axis_angle(torch.from_numpy(sh)).numpy(), matrix_to_axis_angle(torch.from_numpy(el)).numpy()
 
 
 def _joint_slots() -> dict[str, int]:

@@ -10,6 +10,7 @@ import numpy as np
 
 from .lexicon import _BASE_OFFSET, _HANDS, _MODIFIERS, _REST_INDEX, _WORDS, HANDSHAPES, LOCATIONS, PALMS, _tables
 
+
 def _minjerk(x: np.ndarray) -> np.ndarray:
     x = np.clip(x, 0.0, 1.0)
     return x * x * x * (10.0 - 15.0 * x + 6.0 * x * x)

@@ -21,6 +21,7 @@ from .grammar import sentence_pool
 from .lexicon import VERSION, VOCABULARY
 from .synthesis import _clip, _draw_variation, _synthesize_batch, _Variation
 
+
 def _choose_splits(rng: np.random.Generator, sizes: dict[str, int]) -> dict[str, list[int]]:
     """Pool indices per split: disjoint, a weighted random order, every sign covered by train."""
     pool = sentence_pool()

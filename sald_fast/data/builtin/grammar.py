@@ -9,6 +9,7 @@ from functools import lru_cache
 
 from .lexicon import VOCABULARY
 
+
 _PRONOUNS = (("i", "am", "do", False), ("you", "are", "do", False), ("he", "is", "does", True),
              ("she", "is", "does", True), ("we", "are", "do", False), ("they", "are", "do", False))
 _POSSESSIVES = ("my", "your", "our")

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+
 VERSION = 1  # bump whenever the generated data changes: old cache files are then ignored
 FPS = 25.0
 

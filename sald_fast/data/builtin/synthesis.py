@@ -16,6 +16,7 @@ from .controls import _TRANSITION_SPEED, _controls, _minjerk, _transition_distan
 from .grammar import _WH, _YES_NO, _pool_index, normalize_text, sentence_pool
 from .lexicon import _REST_INDEX, _WORD_INDEX, FPS, VERSION, VOCABULARY, _tables
 
+
 @dataclass(frozen=True)
 class _Variation:
     """Signer variation of a batch of sentences (arrays over sentences)."""
