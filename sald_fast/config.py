@@ -27,7 +27,7 @@ __all__ = [
 
 @dataclass
 class VAEConfig:
-    """Skeleton-aware VAE (DESIGN.md section 2).
+    """Skeleton-aware VAE (docs/DESIGN.md, "Data flow and shapes").
 
     Features per joint: 6D rotation relative to the parent + root translation (zeros on the
     other joints) = ``in_features`` (9). Levels: J=44 joints -> intermediate (20) -> ``num_atoms``.

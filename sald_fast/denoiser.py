@@ -1,6 +1,7 @@
-"""The Sign-SALD denoiser: eps prediction on skeleton-aware latents (paper section 2.2).
+"""The Sign-SALD denoiser on skeleton-aware latents (paper section 2.2): predicts eps (the paper),
+z0 or v, as ``DiffusionConfig.prediction_type`` says.
 
-``Denoiser(config)(z_t, t, text, text_mask, lengths, drop_text) -> eps``, all (B, N', J', d_z).
+``Denoiser(config)(z_t, t, text, text_mask, lengths, drop_text) -> prediction``, all (B, N', J', d_z).
 
 Each of the L layers applies, in order, k = 1..4: ``z = z + FiLM_k(A_k(LN_k(z)), t)`` with
 A_1 temporal attention (over N' for every joint, keys past ``lengths`` masked), A_2 skeletal
@@ -177,7 +178,7 @@ class DenoiserLayer(nn.Module):
 
 
 class Denoiser(nn.Module):
-    """Sequential-attention latent denoiser predicting eps (DESIGN.md section 2, paper eq. 5-6).
+    """Sequential-attention latent denoiser (paper eq. 5-6; docs/DESIGN.md, "Data flow and shapes").
 
     ``config``: a :class:`~sald_fast.config.DenoiserConfig`. ``backend``: the ``sald_fast.ops``
     backend for the fused ops ("reference", "triton", "cuda", "auto" or None for the process

@@ -1,4 +1,4 @@
-"""The skeleton-aware VAE of Sign-SALD (paper section 2.1, DESIGN.md section 2).
+"""The skeleton-aware VAE of Sign-SALD (paper section 2.1; docs/DESIGN.md, "Data flow and shapes").
 
     vae = SkeletonVAE(preset("tiny").vae)
     x = vae.normalizer.normalize(features)      # (B, N, 44, 9), N a multiple of 4
@@ -25,8 +25,8 @@ from torch import nn
 
 from . import ops
 from .config import VAEConfig
-from .frames import TEMPORAL_FACTOR
 from .features import FEATURE_DIM, FeatureNormalizer, features_to_positions
+from .frames import TEMPORAL_FACTOR
 from .ops.dispatch import BACKENDS
 from .profiling import nvtx_range
 from .skeleton import SIGNING_SKELETON, Skeleton, pooling_hierarchy
