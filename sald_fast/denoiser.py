@@ -27,7 +27,7 @@ from torch import nn
 
 from . import ops
 from .config import DenoiserConfig
-from .ops.dispatch import BACKENDS
+from .ops.dispatch import BackendAttribute
 from .profiling import nvtx_range
 
 __all__ = ["Denoiser", "DenoiserLayer", "TextContext", "timestep_embedding", "sinusoidal_positions"]
@@ -177,7 +177,7 @@ class DenoiserLayer(nn.Module):
         return 1.0 + delta_gamma, beta
 
 
-class Denoiser(nn.Module):
+class Denoiser(BackendAttribute, nn.Module):
     """Sequential-attention latent denoiser (paper eq. 5-6; docs/DESIGN.md, "Data flow and shapes").
 
     ``config``: a :class:`~sald_fast.config.DenoiserConfig`. ``backend``: the ``sald_fast.ops``
@@ -185,6 +185,8 @@ class Denoiser(nn.Module):
     default); settable later through ``self.backend``. The state_dict does not depend on it.
     Inputs of any floating dtype are cast to the parameters' dtype; eps comes back in z_t's dtype.
     """
+
+    BACKEND_OPS = ("film_residual_layernorm", "temporal_attention", "skeletal_attention")
 
     def __init__(self, config: DenoiserConfig, backend: str | None = None) -> None:
         super().__init__()
@@ -210,19 +212,6 @@ class Denoiser(nn.Module):
         self.reset_parameters()
 
     # ------------------------------------------------------------------ set-up
-
-    @property
-    def backend(self) -> str | None:
-        """The ops backend of this module (None: the process default of ``sald_fast.ops``)."""
-        return self._backend
-
-    @backend.setter
-    def backend(self, value: str | None) -> None:
-        if value is not None and value not in BACKENDS:
-            raise ValueError(f"backend must be None or one of {BACKENDS}, got {value!r}")
-        self._backend = value
-        # load the backend's modules now, never inside a torch.compile trace
-        ops.prepare(value, ops=("film_residual_layernorm", "temporal_attention", "skeletal_attention"))
 
     def reset_parameters(self) -> None:
         """Linear weights N(0, 0.02), biases 0; embeddings and null token N(0, 0.02); LayerNorm

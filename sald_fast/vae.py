@@ -27,7 +27,7 @@ from . import ops
 from .config import VAEConfig
 from .features import FEATURE_DIM, FeatureNormalizer, features_to_positions
 from .frames import TEMPORAL_FACTOR
-from .ops.dispatch import BACKENDS
+from .ops.dispatch import BackendAttribute
 from .profiling import nvtx_range
 from .skeleton import SIGNING_SKELETON, Skeleton, pooling_hierarchy
 
@@ -188,7 +188,7 @@ def _as_offsets(offsets: object) -> torch.Tensor:
     return offsets
 
 
-class SkeletonVAE(nn.Module):
+class SkeletonVAE(BackendAttribute, nn.Module):
     """Skeleton-aware VAE on normalised pose features.
 
     Args:
@@ -209,6 +209,8 @@ class SkeletonVAE(nn.Module):
     with J' = ``config.num_atoms`` and d_z = ``config.latent_dim``. Inputs of another floating
     dtype are cast to the parameters' dtype.
     """
+
+    BACKEND_OPS = ("skeletal_graph_conv",)
 
     def __init__(self, config: VAEConfig, offsets: torch.Tensor | np.ndarray | None = None,
                  backend: str | None = None) -> None:
@@ -253,20 +255,11 @@ class SkeletonVAE(nn.Module):
         self.backend = backend
 
     # -- backend ---------------------------------------------------------------------------
-    @property
-    def backend(self) -> str | None:
-        """The :mod:`sald_fast.ops` backend of every graph convolution (None: process default)."""
-        return self._backend
-
-    @backend.setter
-    def backend(self, value: str | None) -> None:
-        if value is not None and value not in BACKENDS:
-            raise ValueError(f"unknown backend {value!r}; choose one of {BACKENDS} or None (the process default)")
-        self._backend = value
+    def _backend_changed(self, value: str | None) -> None:
+        """Every graph convolution runs on ``value`` (see :class:`~sald_fast.ops.dispatch.BackendAttribute`)."""
         for m in self.modules():
             if isinstance(m, STConv):
                 m.backend = value
-        ops.prepare(value, ops=("skeletal_graph_conv",))  # load/build now, never inside a torch.compile trace
 
     # -- helpers ---------------------------------------------------------------------------
     @property
