@@ -41,17 +41,8 @@ def inputs(B: int, N: int, L: int = 6, seed: int = 0):
     return z, t, text, mask
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Tiny models: intra-op threads only add contention on a shared 2-core machine."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.fixture(scope="module")
-def model(single_thread) -> Denoiser:
+def model() -> Denoiser:
     torch.manual_seed(0)
     return randomize(Denoiser(tiny_config())).eval()
 

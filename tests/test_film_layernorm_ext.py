@@ -22,9 +22,6 @@ kernel forgets to write, or an output it reads before writing, fails the compari
 from __future__ import annotations
 
 import copy
-import importlib
-import os
-import shutil
 
 import pytest
 import torch
@@ -32,15 +29,9 @@ import torch
 from sald_fast import ops
 from sald_fast.ops import dispatch, reference
 
-_CXX = os.environ.get("CXX", "c++")
-try:
-    ext = importlib.import_module("sald_fast.ops.extension_backend")
-except ImportError as _exc:
-    from torch.utils import cpp_extension as _ce
+from _support import extension_or_skip
 
-    if shutil.which(_CXX) is None or not _ce.is_ninja_available():
-        pytest.skip(f"the extension cannot be built here: {str(_exc).splitlines()[0]}", allow_module_level=True)
-    raise
+ext = extension_or_skip()
 
 FWD_TOL = {torch.float64: (1e-12, 1e-12), torch.float32: (1e-5, 1e-5), torch.bfloat16: (8e-3, 1.6e-2),
            torch.float16: (1e-3, 2e-3)}

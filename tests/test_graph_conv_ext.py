@@ -7,9 +7,7 @@ build failure is an error. The first run JIT-builds the extension (~10-20 s, cac
 
 from __future__ import annotations
 
-import importlib
 import os
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -22,15 +20,9 @@ from sald_fast import ops
 from sald_fast.ops import reference
 from sald_fast.skeleton import SIGNING_SKELETON, pooling_hierarchy
 
-_CXX = os.environ.get("CXX", "c++")
-try:
-    ext = importlib.import_module("sald_fast.ops.extension_backend")
-except ImportError as _exc:
-    from torch.utils import cpp_extension as _ce
+from _support import extension_or_skip
 
-    if shutil.which(_CXX) is None or not _ce.is_ninja_available():
-        pytest.skip(f"the extension cannot be built here: {str(_exc).splitlines()[0]}", allow_module_level=True)
-    raise
+ext = extension_or_skip()
 
 REPO = Path(__file__).resolve().parents[1]
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() and ext.WITH_CUDA else [])

@@ -17,7 +17,6 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from sald_fast.checkpoint import load_checkpoint, strip_prefix
 from sald_fast.config import SALDConfig
 from sald_fast.denoiser import Denoiser
 from sald_fast.diffusion import GaussianDiffusion
@@ -25,7 +24,7 @@ from sald_fast.frames import frame_mask, latent_length
 from sald_fast.text import TextEncoder, build_text_encoder
 from sald_fast.vae import SkeletonVAE
 
-from .common import Dist, Trainer, add_common_args, config_from_args, default_run_dir, init_distributed, resolve_device
+from .common import Dist, Trainer, config_from_args, load_stage_model, start_stage
 from .data import load_split_datasets
 from .vae import load_vae
 
@@ -141,19 +140,12 @@ def train_denoiser(cfg: SALDConfig, args: argparse.Namespace, run_dir: Path, dis
 def load_denoiser(run_dir: Path, device: torch.device | str = "cpu", which: str = "best",
                   backend: str | None = None) -> Denoiser:
     """The denoiser of a run folder (RUN/denoiser/best by default), in eval mode."""
-    tensors, config, _ = load_checkpoint(Path(run_dir) / "denoiser" / which)
-    cfg = SALDConfig.from_dict(config)
-    den = Denoiser(cfg.denoiser, backend=backend)
-    den.load_state_dict(strip_prefix(tensors, "model"), strict=True)
+    den = load_stage_model(run_dir, "denoiser", which, lambda cfg: Denoiser(cfg.denoiser, backend=backend))
     return den.to(device).eval()
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = add_common_args(argparse.ArgumentParser(description=__doc__))
-    args = p.parse_args(argv)
-    args.run = default_run_dir(args)
-    dist_info = init_distributed(args.device)
-    device = resolve_device(args.device, dist_info.local_rank)
+    args, dist_info, device = start_stage(__doc__, argv)
     run = Path(args.run)
     if not (run / "vae" / "best" / "config.json").exists():
         print(f"error: no trained VAE in {run}/vae/best; run `python -m train.vae --run {run}` first", file=sys.stderr)

@@ -9,12 +9,11 @@ from pathlib import Path
 
 import torch
 
-from sald_fast.checkpoint import load_checkpoint, strip_prefix
 from sald_fast.config import SALDConfig
 from sald_fast.frames import frame_mask
 from sald_fast.vae import SkeletonVAE
 
-from .common import Dist, Trainer, add_common_args, config_from_args, default_run_dir, init_distributed, resolve_device
+from .common import Dist, Trainer, config_from_args, load_stage_model, start_stage
 from .data import load_split_datasets
 
 __all__ = ["train_vae", "load_vae", "main"]
@@ -67,20 +66,13 @@ def train_vae(cfg: SALDConfig, args: argparse.Namespace, run_dir: Path, dist_inf
 
 def load_vae(run_dir: Path, device: torch.device | str = "cpu", which: str = "best", backend: str | None = None) -> SkeletonVAE:
     """The VAE of a run folder (RUN/vae/best by default), frozen and in eval mode."""
-    tensors, config, _ = load_checkpoint(Path(run_dir) / "vae" / which)
-    cfg = SALDConfig.from_dict(config)
-    vae = SkeletonVAE(cfg.vae, backend=backend)
-    vae.load_state_dict(strip_prefix(tensors, "model"), strict=True)
+    vae = load_stage_model(run_dir, "vae", which, lambda cfg: SkeletonVAE(cfg.vae, backend=backend))
     vae.requires_grad_(False)
     return vae.to(device).eval()
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = add_common_args(argparse.ArgumentParser(description=__doc__))
-    args = p.parse_args(argv)
-    args.run = default_run_dir(args)
-    dist_info = init_distributed(args.device)
-    device = resolve_device(args.device, dist_info.local_rank)
+    args, dist_info, device = start_stage(__doc__, argv)
     cfg = config_from_args(args)
     run = Path(args.run)
     if dist_info.main:
