@@ -37,3 +37,13 @@ def triton_device_or_skip(kernel) -> str:
         pytest.skip("kernels were imported before TRITON_INTERPRET=1 was set and there is no GPU",
                     allow_module_level=True)
     return device
+
+
+def assert_one_graph(fn, *args) -> None:
+    """``torch._dynamo.explain(fn)(*args)`` finds one graph and no graph break (``fn`` is called
+    once first, so backends load outside of tracing)."""
+    fn(*args)
+    explanation = torch._dynamo.explain(fn)(*args)
+    reasons = [str(r.reason) for r in explanation.break_reasons]
+    assert explanation.graph_break_count == 0, reasons
+    assert explanation.graph_count == 1

@@ -29,7 +29,7 @@ import torch
 from sald_fast import ops
 from sald_fast.ops import dispatch, reference
 
-from _support import extension_or_skip
+from _support import assert_one_graph, extension_or_skip
 
 ext = extension_or_skip()
 
@@ -303,11 +303,7 @@ def test_public_op_has_no_graph_breaks():
     def block(*a):
         return _block(*a, film=lambda *f: ops.film_residual_layernorm(*f, backend="cuda"))
 
-    block(*args)  # loads the backend outside of tracing
-    explanation = torch._dynamo.explain(block)(*args)
-    reasons = [str(r.reason) for r in explanation.break_reasons]
-    assert explanation.graph_break_count == 0, reasons
-    assert explanation.graph_count == 1
+    assert_one_graph(block, *args)
 
 
 def test_compile_fullgraph_forward_backward_calls_the_ops():

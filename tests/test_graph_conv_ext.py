@@ -20,7 +20,7 @@ from sald_fast import ops
 from sald_fast.ops import reference
 from sald_fast.skeleton import SIGNING_SKELETON, pooling_hierarchy
 
-from _support import extension_or_skip
+from _support import assert_one_graph, extension_or_skip
 
 ext = extension_or_skip()
 
@@ -348,11 +348,7 @@ def test_public_op_has_no_graph_breaks():
         conv = lambda *a: ops.skeletal_graph_conv(*a, backend="cuda")  # noqa: E731
         return _block(x, indptr, indices, ws, wn, b, conv=conv)
 
-    block(*args)  # loads the backend outside of tracing
-    explanation = torch._dynamo.explain(block)(*args)
-    reasons = [str(r.reason) for r in explanation.break_reasons]
-    assert explanation.graph_break_count == 0, reasons
-    assert explanation.graph_count == 1
+    assert_one_graph(block, *args)
 
 
 def test_fake_tensor_shapes_dynamic():
