@@ -163,6 +163,15 @@ void check_grad_out(const char* op, const at::Tensor& grad_out, const at::Tensor
                     "), got ", grad_out.sizes());
 }
 
+// The checks of graph_conv_backward (CPU and CUDA): the forward's arguments, then grad_out.
+Dims check_graph_conv_backward(const char* op, const at::Tensor& grad_out, const at::Tensor& h_in,
+                               const at::Tensor& indptr, const at::Tensor& indices, const at::Tensor& w_self,
+                               const at::Tensor& w_neigh) {
+  const Dims d = check_graph_conv(op, h_in, indptr, indices, w_self, w_neigh, std::nullopt);
+  check_grad_out(op, grad_out, h_in, d);
+  return d;
+}
+
 at::Tensor unit_channel_stride(const at::Tensor& x) {
   return x.size(3) <= 1 || x.stride(3) == 1 ? x : x.contiguous();
 }
@@ -193,8 +202,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> graph_conv_backward_c
     const at::Tensor& grad_out, const at::Tensor& h_in, const at::Tensor& indptr, const at::Tensor& indices,
     const at::Tensor& w_self, const at::Tensor& w_neigh, bool has_bias, bool compute_dh, bool compute_dw) {
   const char* op = "sald_fast_ext::graph_conv_backward";
-  const Dims d = check_graph_conv(op, h_in, indptr, indices, w_self, w_neigh, std::nullopt);
-  check_grad_out(op, grad_out, h_in, d);
+  const Dims d = check_graph_conv_backward(op, grad_out, h_in, indptr, indices, w_self, w_neigh);
   auto [ip, ix] = csr_int64(indptr, indices);
   check_csr_values(op, ip, ix, d.J);
   const at::Tensor h = unit_channel_stride(h_in);
@@ -382,8 +390,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> graph_conv_backward_c
     const at::Tensor& grad_out, const at::Tensor& h_in, const at::Tensor& indptr, const at::Tensor& indices,
     const at::Tensor& w_self, const at::Tensor& w_neigh, bool has_bias, bool compute_dh, bool compute_dw) {
   const char* op = "sald_fast_ext::graph_conv_backward";
-  const Dims d = check_graph_conv(op, h_in, indptr, indices, w_self, w_neigh, std::nullopt);
-  check_grad_out(op, grad_out, h_in, d);
+  const Dims d = check_graph_conv_backward(op, grad_out, h_in, indptr, indices, w_self, w_neigh);
   const c10::cuda::CUDAGuard guard(h_in.device());
   auto [ip, ix] = csr_int64(indptr, indices);
   const at::Tensor h = unit_channel_stride(h_in);
