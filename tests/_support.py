@@ -47,3 +47,21 @@ def assert_one_graph(fn, *args) -> None:
     reasons = [str(r.reason) for r in explanation.break_reasons]
     assert explanation.graph_break_count == 0, reasons
     assert explanation.graph_count == 1
+
+
+def graph_grabbing_backend() -> tuple[object, list[str]]:
+    """A ``torch.compile`` backend that runs AOTAutograd and records the forward and backward
+    graphs (as text) into the returned list."""
+    from functorch.compile import make_boxed_func
+    from torch._functorch.aot_autograd import aot_module_simplified
+
+    graphs: list[str] = []
+
+    def grab(gm, example_inputs):
+        graphs.append(str(gm.graph))
+        return make_boxed_func(gm.forward)
+
+    def backend(gm, example_inputs):
+        return aot_module_simplified(gm, example_inputs, fw_compiler=grab, bw_compiler=grab)
+
+    return backend, graphs

@@ -29,7 +29,7 @@ import torch
 from sald_fast import ops
 from sald_fast.ops import dispatch, reference
 
-from _support import assert_one_graph, extension_or_skip
+from _support import assert_one_graph, extension_or_skip, graph_grabbing_backend
 
 ext = extension_or_skip()
 
@@ -310,17 +310,7 @@ def test_compile_fullgraph_forward_backward_calls_the_ops():
     """torch.compile(fullgraph=True): forward and backward graphs hold the extension ops (no Python
     autograd.Function, no decomposition); loss and gradients match the eager reference."""
     torch._dynamo.reset()
-    from functorch.compile import make_boxed_func
-    from torch._functorch.aot_autograd import aot_module_simplified
-
-    graphs = []
-
-    def grab(gm, example_inputs):
-        graphs.append(str(gm.graph))
-        return make_boxed_func(gm.forward)
-
-    def backend(gm, example_inputs):
-        return aot_module_simplified(gm, example_inputs, fw_compiler=grab, bw_compiler=grab)
+    backend, graphs = graph_grabbing_backend()
 
     film = lambda *f: ops.film_residual_layernorm(*f, backend="cuda")  # noqa: E731
     fn = torch.compile(lambda *a: _block(*a, film=film), fullgraph=True, backend=backend)

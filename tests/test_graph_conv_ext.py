@@ -20,7 +20,7 @@ from sald_fast import ops
 from sald_fast.ops import reference
 from sald_fast.skeleton import SIGNING_SKELETON, pooling_hierarchy
 
-from _support import assert_one_graph, extension_or_skip
+from _support import assert_one_graph, extension_or_skip, graph_grabbing_backend
 
 ext = extension_or_skip()
 
@@ -317,18 +317,8 @@ def test_compile_inductor_forward_backward():
 def test_compiled_graph_calls_the_ops():
     """The traced forward and backward graphs contain the extension ops (no decomposition)."""
     torch._dynamo.reset()
-    from functorch.compile import make_boxed_func
-    from torch._functorch.aot_autograd import aot_module_simplified
-
     indptr, indices = SIGNING_SKELETON.neighbourhood()
-    graphs = []
-
-    def grab(gm, example_inputs):
-        graphs.append(str(gm.graph))
-        return make_boxed_func(gm.forward)
-
-    def backend(gm, example_inputs):
-        return aot_module_simplified(gm, example_inputs, fw_compiler=grab, bw_compiler=grab)
+    backend, graphs = graph_grabbing_backend()
 
     leaves = [t.requires_grad_() for t in _inputs(1, 2, 44, 8, 8)]
     fn = torch.compile(lambda *a: _block(a[0], indptr, indices, *a[1:], conv=ext.skeletal_graph_conv),
