@@ -252,8 +252,8 @@ def prepare(backend: str | None = None, device: torch.device | str | None = None
 class BackendAttribute:
     """Mixin for a model whose ops run on a chosen backend: ``self.backend`` (a name of
     :data:`BACKENDS`, or None for the process default). Setting it checks the name, calls
-    :meth:`_backend_changed` (e.g. to pass it to submodules) and :func:`prepare`\ s the ops in
-    ``BACKEND_OPS``, so nothing is imported or built inside a ``torch.compile`` trace."""
+    :meth:`_backend_changed` (e.g. to pass it to submodules) and runs :func:`prepare` for the ops
+    in ``BACKEND_OPS``, so nothing is imported or built inside a ``torch.compile`` trace."""
 
     BACKEND_OPS: tuple[str, ...] = OPS
 
