@@ -26,8 +26,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .config import DiffusionConfig
+from .frames import frame_mask
 
-__all__ = ["SCHEDULERS", "make_scheduler", "GaussianDiffusion", "latent_frame_mask"]
+__all__ = ["SCHEDULERS", "make_scheduler", "GaussianDiffusion"]
 
 
 def _scheduler_table() -> dict[str, tuple[str, dict]]:
@@ -99,13 +100,6 @@ def make_scheduler(cfg: DiffusionConfig, name: str | None = None):
     }
     accepted = inspect.signature(cls.__init__).parameters
     return cls(**{k: v for k, v in kwargs.items() if k in accepted})
-
-
-def latent_frame_mask(lengths: torch.Tensor | None, batch: int, frames: int, device: torch.device) -> torch.Tensor:
-    """(B, N') bool: True on the first ``lengths[b]`` latent frames (all True when None)."""
-    if lengths is None:
-        return torch.ones(batch, frames, dtype=torch.bool, device=device)
-    return torch.arange(frames, device=device)[None, :] < lengths.to(device).view(-1, 1)
 
 
 def _randn(shape, generator: torch.Generator | None, device: torch.device, dtype=torch.float32) -> torch.Tensor:
@@ -212,7 +206,7 @@ class GaussianDiffusion(nn.Module):
         pred = denoiser(z_t, t, text, text_mask, lengths, drop if text is not None else None)
         if pred.shape != z0.shape:
             raise ValueError(f"denoiser returned {tuple(pred.shape)}, expected {tuple(z0.shape)}")
-        mask = latent_frame_mask(lengths, B, n, device).to(torch.float32)
+        mask = frame_mask(lengths, n, batch=B, device=device).to(torch.float32)
         target = self.target(z0, noise, t)
         err = (pred.float() - target.float()).pow(2).mean(dim=(2, 3))  # (B, N')
         if self.cfg.loss_weighting != "uniform":

@@ -32,13 +32,13 @@ from torch import nn
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint, strip_prefix
 from .config import SALDConfig
 from .diffusion import SCHEDULERS, GaussianDiffusion
+from .frames import TEMPORAL_FACTOR
 from .skeleton import SIGNING_SKELETON, pooling_hierarchy
 from .text import TextEncoder, build_text_encoder, validate_texts
 
 __all__ = ["SignSALD", "GenerationOutput", "skeleton_id", "CHECKPOINT_KIND"]
 
 CHECKPOINT_KIND = "sald_fast.SignSALD"
-TEMPORAL_FACTOR = 4  # frames per latent frame (two temporal poolings by 2)
 
 
 def skeleton_id(num_atoms: int = 7) -> str:

@@ -25,11 +25,11 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
-from sald_fast.checkpoint import load_checkpoint, save_checkpoint
+from sald_fast.checkpoint import load_checkpoint, save_checkpoint, strip_prefix
 from sald_fast.config import SALDConfig, preset
 
 __all__ = ["add_common_args", "config_from_args", "Dist", "init_distributed", "Trainer", "JsonlLogger",
-           "plot_losses", "resolve_device"]
+           "plot_losses", "resolve_device", "start_stage", "load_stage_model"]
 
 
 def add_common_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -142,6 +142,24 @@ class JsonlLogger:
         record.setdefault("time", round(time.time(), 3))
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
+
+
+def start_stage(description: str, argv: list[str] | None) -> tuple[argparse.Namespace, Dist, torch.device]:
+    """The start of a stage's ``main``: its command line (:func:`add_common_args`, the run folder
+    defaulted by :func:`default_run_dir`), the process group and the device."""
+    args = add_common_args(argparse.ArgumentParser(description=description)).parse_args(argv)
+    args.run = default_run_dir(args)
+    dist_info = init_distributed(args.device)
+    return args, dist_info, resolve_device(args.device, dist_info.local_rank)
+
+
+def load_stage_model(run_dir: Path, stage: str, which: str, build: Callable[[SALDConfig], torch.nn.Module]) -> torch.nn.Module:
+    """The model of ``RUN/stage/which`` (e.g. ``vae/best``): ``build(config)`` with the checkpoint's
+    ``model.`` weights loaded strictly."""
+    tensors, config, _ = load_checkpoint(Path(run_dir) / stage / which)
+    model = build(SALDConfig.from_dict(config))
+    model.load_state_dict(strip_prefix(tensors, "model"), strict=True)
+    return model
 
 
 def plot_losses(log_path: Path, out_png: Path) -> None:
@@ -346,10 +364,10 @@ class Trainer:
         if not (path / "config.json").exists():
             return False
         tensors, _, meta = load_checkpoint(path)
-        model_sd = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+        model_sd = strip_prefix(tensors, "model")
         self.model.load_state_dict(model_sd, strict=True)
         if self.ema is not None:
-            ema_sd = {k[len("ema."):]: v for k, v in tensors.items() if k.startswith("ema.")}
+            ema_sd = strip_prefix(tensors, "ema")
             self.ema.load_state_dict(ema_sd if ema_sd else model_sd, strict=True)
         self.optimizer.load_state_dict(_optimizer_state(tensors, meta["optimizer"]))
         self.step = int(meta["step"])

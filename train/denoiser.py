@@ -17,15 +17,15 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from sald_fast.checkpoint import load_checkpoint
 from sald_fast.config import SALDConfig
 from sald_fast.denoiser import Denoiser
 from sald_fast.diffusion import GaussianDiffusion
+from sald_fast.frames import frame_mask, latent_length
 from sald_fast.text import TextEncoder, build_text_encoder
 from sald_fast.vae import SkeletonVAE
 
-from .common import Dist, Trainer, add_common_args, config_from_args, default_run_dir, init_distributed, resolve_device
-from .data import load_split_datasets, padding_mask
+from .common import Dist, Trainer, config_from_args, load_stage_model, start_stage
+from .data import load_split_datasets
 from .vae import load_vae
 
 __all__ = ["LatentTextDataset", "train_denoiser", "load_denoiser", "main"]
@@ -69,7 +69,7 @@ def encode_dataset(vae: SkeletonVAE, dataset, text_encoder: TextEncoder, device:
         mu, logvar = vae.encode(vae.normalizer.normalize(x))
         mus.append(mu.float().cpu())
         logvars.append(logvar.float().cpu())
-        lengths.extend((it["length"] + 3) // 4 for it in items)
+        lengths.extend(latent_length(it["length"]) for it in items)
         texts.extend(it["text"] for it in items)
     unique = sorted(set(texts))
     feats, masks = [], []
@@ -85,7 +85,7 @@ def encode_dataset(vae: SkeletonVAE, dataset, text_encoder: TextEncoder, device:
 
 def latent_scale_of(ds: LatentTextDataset) -> float:
     """1 / std of the valid latent means (so scaled latents have unit variance)."""
-    mask = padding_mask(ds.lengths, ds.mu.shape[1])
+    mask = frame_mask(ds.lengths, ds.mu.shape[1])
     return float(1.0 / ds.mu[mask].std().clamp_min(1e-4))
 
 
@@ -140,19 +140,12 @@ def train_denoiser(cfg: SALDConfig, args: argparse.Namespace, run_dir: Path, dis
 def load_denoiser(run_dir: Path, device: torch.device | str = "cpu", which: str = "best",
                   backend: str | None = None) -> Denoiser:
     """The denoiser of a run folder (RUN/denoiser/best by default), in eval mode."""
-    tensors, config, _ = load_checkpoint(Path(run_dir) / "denoiser" / which)
-    cfg = SALDConfig.from_dict(config)
-    den = Denoiser(cfg.denoiser, backend=backend)
-    den.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}, strict=True)
+    den = load_stage_model(run_dir, "denoiser", which, lambda cfg: Denoiser(cfg.denoiser, backend=backend))
     return den.to(device).eval()
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = add_common_args(argparse.ArgumentParser(description=__doc__))
-    args = p.parse_args(argv)
-    args.run = default_run_dir(args)
-    dist_info = init_distributed(args.device)
-    device = resolve_device(args.device, dist_info.local_rank)
+    args, dist_info, device = start_stage(__doc__, argv)
     run = Path(args.run)
     if not (run / "vae" / "best" / "config.json").exists():
         print(f"error: no trained VAE in {run}/vae/best; run `python -m train.vae --run {run}` first", file=sys.stderr)

@@ -74,10 +74,6 @@ _LABELS = {"Mean pose": "Mean pose (lower bound)", "Ground truth": "Ground truth
 _HEADER = {"BLEU-4": "BLEU-4 ↑", "ROUGE-L": "ROUGE ↑", "FID": "FID ↓", "MPJPE": "MPJPE (mm) ↓"}
 
 
-def _valid_mask(lengths: torch.Tensor, frames: int) -> torch.Tensor:
-    return torch.arange(frames, device=lengths.device)[None] < lengths[:, None]
-
-
 def _hold_last_frame(positions: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     """Frames past each length replaced by the last valid frame (padding may be NaN after FK)."""
     n = positions.shape[1]

@@ -17,6 +17,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from ..frames import frame_mask
+
 __all__ = [
     "root_align",
     "mpjpe",
@@ -49,14 +51,14 @@ def root_align(positions: torch.Tensor, root_index: int = 0) -> torch.Tensor:
 
 def _frame_mask(lengths, batch: int, frames: int, device: torch.device) -> torch.Tensor:
     if lengths is None:
-        return torch.ones(batch, frames, dtype=torch.bool, device=device)
+        return frame_mask(None, frames, batch=batch, device=device)
     lengths = torch.as_tensor(lengths, device=device)
     if lengths.shape != (batch,) or lengths.is_floating_point():
         raise ValueError(f"lengths must be an integer tensor of shape ({batch},), got {tuple(lengths.shape)} "
                          f"dtype {lengths.dtype}")
     if bool((lengths < 0).any()) or bool((lengths > frames).any()):
         raise ValueError(f"lengths must lie in [0, {frames}], got min {int(lengths.min())} max {int(lengths.max())}")
-    return torch.arange(frames, device=device).view(1, frames) < lengths.view(batch, 1)
+    return frame_mask(lengths, frames)
 
 
 def _joint_errors(pred, target, lengths, root_index: int, align: bool) -> tuple[torch.Tensor, torch.Tensor]:
