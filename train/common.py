@@ -6,7 +6,8 @@ dataset; the trainer owns the data order, the optimiser, checkpoints, logs and p
 Resumability: the data order of epoch ``e`` is a permutation drawn from ``seed + e``; every
 optimiser step ``s`` reseeds torch's RNG with ``seed + s`` (noise, timesteps, dropout), so a run
 resumed from its latest checkpoint replays exactly the steps it had not done yet.
-Checkpoints (``STAGE/latest``, ``STAGE/best``) are safetensors + JSON, written atomically.
+Checkpoints (``STAGE/latest``, ``STAGE/best``) are safetensors + JSON, saved crash-safe as a pair;
+``--resume`` loads the newest complete one and logs which.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
-from sald_fast.checkpoint import load_checkpoint, save_checkpoint
+from sald_fast.checkpoint import CONFIG_NAME, PREV_NAME, load_newest_checkpoint, save_checkpoint
 from sald_fast.config import SALDConfig, preset
 
 __all__ = ["add_common_args", "config_from_args", "Dist", "init_distributed", "Trainer", "JsonlLogger",
@@ -341,11 +342,19 @@ class Trainer:
         save_checkpoint(self._ckpt_dir(which), tensors, self.config.to_dict(), meta)
 
     def try_resume(self) -> bool:
-        """Load STAGE/latest if present; True if something was loaded."""
+        """Load the newest complete checkpoint of STAGE/latest (the folder's pair, else the previous
+        pair a killed save kept) and log which one; True if something was loaded, False when no
+        save ever completed. Raises CheckpointError when checkpoint files exist but none loads."""
         path = self._ckpt_dir("latest")
-        if not (path / "config.json").exists():
-            return False
-        tensors, _, meta = load_checkpoint(path)
+        if not (path / CONFIG_NAME).exists() and not (path / PREV_NAME).exists():
+            return False  # config.json is written last: no save of this stage ever completed
+        tensors, _, meta, used, skipped = load_newest_checkpoint(path)
+        line = f"{self.stage}: resuming from {used} (step {int(meta['step'])})"
+        if skipped:
+            line += " after skipping the newer, incomplete one: " + "; ".join(skipped)
+        if self.dist.main:
+            tqdm.write(line)
+        self.logger.log(stage=self.stage, event="resume", checkpoint=str(used), step=int(meta["step"]), skipped=skipped)
         model_sd = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
         self.model.load_state_dict(model_sd, strict=True)
         if self.ema is not None:
