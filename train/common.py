@@ -4,8 +4,10 @@ A stage (VAE, denoiser) gives :class:`Trainer` a model, a loss function over a b
 dataset; the trainer owns the data order, the optimiser, checkpoints, logs and progress bars.
 
 Resumability: the data order of epoch ``e`` is a permutation drawn from ``seed + e``; every
-optimiser step ``s`` reseeds torch's RNG with ``seed + s`` (noise, timesteps, dropout), so a run
-resumed from its latest checkpoint replays exactly the steps it had not done yet.
+optimiser step ``s`` reseeds torch's RNG from ``(seed, s, rank)`` (dropout: ranks differ) and gives
+a dict batch ``batch["rng"]``, a :class:`train.rng.SampleRandom` keyed by ``(seed, s, dataset
+index)`` for the noise and timesteps of each sample, so a run resumed from its latest checkpoint
+replays exactly the steps it had not done yet, and a sample draws the same numbers on any rank.
 Checkpoints (``STAGE/latest``, ``STAGE/best``) are safetensors + JSON, saved crash-safe as a pair;
 ``--resume`` loads the newest complete one and logs which.
 """
@@ -28,6 +30,8 @@ from tqdm.auto import tqdm
 
 from sald_fast.checkpoint import CONFIG_NAME, PREV_NAME, load_newest_checkpoint, save_checkpoint
 from sald_fast.config import SALDConfig, preset
+
+from .rng import SampleRandom, step_seed
 
 __all__ = ["add_common_args", "config_from_args", "Dist", "init_distributed", "Trainer", "JsonlLogger",
            "plot_losses", "resolve_device"]
@@ -406,8 +410,10 @@ class Trainer:
             for b in range(offset, self.steps_per_epoch):
                 if self.step >= self.total_steps:
                     break
-                torch.manual_seed(self.seed * 1_000_003 + self.step)
+                torch.manual_seed(step_seed(self.seed, self.step, self.dist.rank))  # dropout: differs per rank
                 batch = self._batch(self.train_set, batches[b])
+                if isinstance(batch, dict):  # noise, timesteps: keyed per sample, the same under any world size
+                    batch["rng"] = SampleRandom(self.seed, self.step, batches[b])
                 with self._autocast():
                     out = self.loss_fn(self.train_model, batch)
                 loss = out["loss"]

@@ -37,7 +37,9 @@ def train_vae(cfg: SALDConfig, args: argparse.Namespace, run_dir: Path, dist_inf
     def loss_fn(model, batch):
         x = vae.normalizer.normalize(batch["features"])
         mask = padding_mask(batch["length"], x.shape[1])
-        out = model(x)
+        # eps per sample, keyed by (seed, step, dataset index): the same on any rank / world size
+        noise = batch["rng"].randn((x.shape[1] // 4, vae.num_atoms, vae.latent_dim), x.device, x.dtype)
+        out = model(x, noise=noise)
         losses = vae.loss(x, out, mask=mask)
         losses["loss"] = losses["total"]
         return losses
