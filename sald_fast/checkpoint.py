@@ -1,9 +1,12 @@
 """Checkpoints: one folder holding ``model.safetensors`` (tensors) and ``config.json``.
 
-``config.json`` = ``{"format": "sald_fast.checkpoint", "version": 1, "save_id": ...,
-"weights_sha256": ..., "config": {...}, "meta": {...}}``; the same ``save_id`` is in the
-safetensors header, so a folder whose two files come from different saves (an interrupted
-overwrite) is detected, and the SHA-256 of ``model.safetensors`` catches any corrupted byte.
+``config.json`` = ``{"format": "sald_fast.checkpoint", "version": 2, "save_id": ...,
+"weights_sha256": ..., "config": {...}, "meta": {...}, "doc_sha256": ...}``; the same ``save_id``
+is in the safetensors header, so a folder whose two files come from different saves (an
+interrupted overwrite) is detected; the SHA-256 of ``model.safetensors`` catches any corrupted
+byte of the weights, and ``doc_sha256`` (of the rest of the document, canonical JSON) any of
+``config.json`` (version 1 files, without it, are still read). Floating-point tensors holding
+NaN or inf are refused at load.
 
 A save is crash-safe as a pair. Each file is written atomically (a temporary file in the same
 folder, flushed and fsync'ed, then ``os.replace``), and before the first file of a folder that
@@ -30,6 +33,7 @@ import torch
 
 __all__ = [
     "CheckpointError",
+    "check_state_dict",
     "save_checkpoint",
     "load_checkpoint",
     "load_newest_checkpoint",
@@ -46,7 +50,8 @@ WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 PREV_NAME = ".previous"
 FORMAT = "sald_fast.checkpoint"
-VERSION = 1
+VERSION = 2
+READABLE_VERSIONS = (1, 2)
 
 
 class CheckpointError(ValueError):
@@ -206,6 +211,7 @@ def save_checkpoint(path: str | os.PathLike, tensors: Mapping[str, Any], config:
     doc = {"format": FORMAT, "version": VERSION, "save_id": save_id,
            "weights_sha256": hashlib.sha256(weights).hexdigest(), "config": dict(config), "meta": dict(meta or {})}
     try:
+        doc["doc_sha256"] = _doc_hash(doc)
         text = json.dumps(doc, indent=2, sort_keys=True, allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise TypeError(f"config and meta must be JSON-serialisable: {exc}") from exc
@@ -244,9 +250,12 @@ def _read_pair(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     if not isinstance(doc, dict) or doc.get("format") != FORMAT or not isinstance(doc.get("config"), dict):
         raise CheckpointError(f"checkpoint file {str(cfg_file)!r} is not a sald_fast checkpoint config "
                               f"(expected format {FORMAT!r} with a 'config' object)")
-    if doc.get("version") != VERSION:
+    if doc.get("version") not in READABLE_VERSIONS:
         raise CheckpointError(f"checkpoint file {str(cfg_file)!r} has format version {doc.get('version')!r}; "
-                              f"this sald_fast reads version {VERSION}")
+                              f"this sald_fast reads versions {READABLE_VERSIONS}")
+    if doc["version"] >= 2 and doc.get("doc_sha256") != _doc_hash(doc):
+        raise CheckpointError(f"checkpoint file {str(cfg_file)!r} is corrupted: its content does not match "
+                              "its recorded doc_sha256")
     if not isinstance(doc.get("meta", {}), dict):
         raise CheckpointError(f"checkpoint file {str(cfg_file)!r}: 'meta' must be an object, "
                               f"got {type(doc['meta']).__name__}")
@@ -264,7 +273,32 @@ def _read_pair(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     if header.get("save_id") != doc.get("save_id"):
         raise CheckpointError(f"checkpoint files {str(weights_file)!r} and {str(cfg_file)!r} come from "
                               "different saves (an interrupted write?)")
+    for name, t in tensors.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise CheckpointError(f"checkpoint file {str(weights_file)!r}: tensor {name!r} holds NaN or inf")
     return tensors, doc
+
+
+def _doc_hash(doc: Mapping[str, Any]) -> str:
+    """SHA-256 of ``doc`` without its ``doc_sha256`` entry, as canonical JSON."""
+    rest = {k: v for k, v in doc.items() if k != "doc_sha256"}
+    return hashlib.sha256(json.dumps(rest, sort_keys=True, allow_nan=False, separators=(",", ":")).encode()).hexdigest()
+
+
+def check_state_dict(tensors: Mapping[str, torch.Tensor], module: torch.nn.Module, file: str | os.PathLike,
+                     what: str = "the model") -> None:
+    """Raise :class:`CheckpointError` naming ``file`` unless ``tensors`` has exactly the names,
+    shapes and dtypes of ``module.state_dict()`` (load_state_dict would cast a wrong dtype silently)."""
+    expected = module.state_dict()
+    missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
+    if missing or unexpected:
+        raise CheckpointError(f"checkpoint file {str(file)!r} does not fit {what}: missing {missing[:5]}, "
+                              f"unexpected {unexpected[:5]}")
+    for name, want in expected.items():
+        got = tensors[name]
+        if got.shape != want.shape or got.dtype != want.dtype:
+            raise CheckpointError(f"checkpoint file {str(file)!r} does not fit {what}: tensor {name!r} is "
+                                  f"{got.dtype} {tuple(got.shape)}, expected {want.dtype} {tuple(want.shape)}")
 
 
 def _safetensors_metadata(data: bytes) -> dict[str, Any]:

@@ -37,8 +37,10 @@ def train_vae(cfg: SALDConfig, args: argparse.Namespace, run_dir: Path, dist_inf
     def loss_fn(model, batch):
         x = vae.normalizer.normalize(batch["features"])
         mask = padding_mask(batch["length"], x.shape[1])
-        # eps per sample, keyed by (seed, step, dataset index): the same on any rank / world size
-        noise = batch["rng"].randn((x.shape[1] // 4, vae.num_atoms, vae.latent_dim), x.device, x.dtype)
+        # training: eps per sample, keyed by (seed, step, dataset index), the same on any rank / world size;
+        # validation batches carry no "rng" (eval mode draws nothing)
+        rng = batch.get("rng")
+        noise = None if rng is None else rng.randn((x.shape[1] // 4, vae.num_atoms, vae.latent_dim), x.device, x.dtype)
         out = model(x, noise=noise)
         losses = vae.loss(x, out, mask=mask)
         losses["loss"] = losses["total"]
