@@ -34,6 +34,7 @@ import torch
 __all__ = [
     "CheckpointError",
     "check_state_dict",
+    "doc_sha256",
     "save_checkpoint",
     "load_checkpoint",
     "load_newest_checkpoint",
@@ -211,7 +212,7 @@ def save_checkpoint(path: str | os.PathLike, tensors: Mapping[str, Any], config:
     doc = {"format": FORMAT, "version": VERSION, "save_id": save_id,
            "weights_sha256": hashlib.sha256(weights).hexdigest(), "config": dict(config), "meta": dict(meta or {})}
     try:
-        doc["doc_sha256"] = _doc_hash(doc)
+        doc["doc_sha256"] = doc_sha256(doc)
         text = json.dumps(doc, indent=2, sort_keys=True, allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise TypeError(f"config and meta must be JSON-serialisable: {exc}") from exc
@@ -253,7 +254,7 @@ def _read_pair(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     if doc.get("version") not in READABLE_VERSIONS:
         raise CheckpointError(f"checkpoint file {str(cfg_file)!r} has format version {doc.get('version')!r}; "
                               f"this sald_fast reads versions {READABLE_VERSIONS}")
-    if doc["version"] >= 2 and doc.get("doc_sha256") != _doc_hash(doc):
+    if doc["version"] >= 2 and doc.get("doc_sha256") != doc_sha256(doc):
         raise CheckpointError(f"checkpoint file {str(cfg_file)!r} is corrupted: its content does not match "
                               "its recorded doc_sha256")
     if not isinstance(doc.get("meta", {}), dict):
@@ -279,8 +280,9 @@ def _read_pair(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     return tensors, doc
 
 
-def _doc_hash(doc: Mapping[str, Any]) -> str:
-    """SHA-256 of ``doc`` without its ``doc_sha256`` entry, as canonical JSON."""
+def doc_sha256(doc: Mapping[str, Any]) -> str:
+    """SHA-256 of a ``config.json`` document without its ``doc_sha256`` entry, as canonical JSON
+    (after editing a document on purpose, store this as its ``doc_sha256``)."""
     rest = {k: v for k, v in doc.items() if k != "doc_sha256"}
     return hashlib.sha256(json.dumps(rest, sort_keys=True, allow_nan=False, separators=(",", ":")).encode()).hexdigest()
 

@@ -313,12 +313,12 @@ def _rewrite(folder: Path, edit_tensors: Callable[[dict], dict] | None = None,
         tensors = edit_tensors(tensors)
     save_checkpoint(folder, tensors, config, meta)
     if edit_doc is not None:
-        from sald_fast.checkpoint import _doc_hash
+        from sald_fast.checkpoint import doc_sha256
 
         doc = json.loads((folder / "config.json").read_text())
         doc = edit_doc(doc) or doc
         if isinstance(doc, dict):
-            doc["doc_sha256"] = _doc_hash(doc)
+            doc["doc_sha256"] = doc_sha256(doc)
         (folder / "config.json").write_text(json.dumps(doc))
 
 
@@ -370,12 +370,12 @@ def _rewrite_weights_hash(folder: Path, weights: bytes) -> None:
     """Write ``weights`` and record its hash in config.json (so the hash check passes)."""
     import hashlib
 
-    from sald_fast.checkpoint import _doc_hash
+    from sald_fast.checkpoint import doc_sha256
 
     (folder / "model.safetensors").write_bytes(weights)
     doc = json.loads((folder / "config.json").read_text())
     doc["weights_sha256"] = hashlib.sha256(weights).hexdigest()
-    doc["doc_sha256"] = _doc_hash(doc)
+    doc["doc_sha256"] = doc_sha256(doc)
     (folder / "config.json").write_text(json.dumps(doc))
 
 
