@@ -224,7 +224,8 @@ class Trainer:
         stage: name used for the checkpoint folder (RUN/stage) and the log.
         model: the module whose parameters are trained (its state_dict is checkpointed).
         loss_fn: ``loss_fn(model, batch) -> dict`` with a scalar ``"loss"`` (others logged); it gets
-            the DistributedDataParallel wrapper (or the compiled module) while training.
+            the DistributedDataParallel wrapper (or the compiled module) while training, and a dict
+            batch gets ``batch["rng"]``: a :class:`train.rng.SampleRandom` for its random draws.
         train_set / val_set: datasets; ``collate`` builds batches.
         epochs, batch_size, lr: schedule; ``max_steps`` caps optimiser steps.
         extra_state: ``() -> (tensors, meta)`` saved with every checkpoint (e.g. normaliser).
@@ -413,7 +414,7 @@ class Trainer:
                 torch.manual_seed(step_seed(self.seed, self.step, self.dist.rank))  # dropout: differs per rank
                 batch = self._batch(self.train_set, batches[b])
                 if isinstance(batch, dict):  # noise, timesteps: keyed per sample, the same under any world size
-                    batch["rng"] = SampleRandom(self.seed, self.step, batches[b])
+                    batch["rng"] = SampleRandom(self.seed, self.step, batches[b], self.device)
                 with self._autocast():
                     out = self.loss_fn(self.train_model, batch)
                 loss = out["loss"]

@@ -47,26 +47,33 @@ class SampleRandom:
     Args:
         seed, step: the run's seed and the optimiser step (0-based).
         sample_ids: (B,) the batch's dataset indices (unique within a step).
+        device: where the generators live and draw (the training device: on a GPU the draws are
+            CUDA kernels, not a CPU loop and a copy). CPU and CUDA generators give different
+            numbers for the same key; every rank of a run uses the same kind of device.
     """
 
-    def __init__(self, seed: int, step: int, sample_ids: Sequence[int]):
+    def __init__(self, seed: int, step: int, sample_ids: Sequence[int], device: torch.device | str = "cpu"):
         self.sample_ids = [int(i) for i in sample_ids]
-        self.generators = [torch.Generator().manual_seed(_mix(2, seed, step, i)) for i in self.sample_ids]
+        self.device = torch.device(device)
+        self.generators = [torch.Generator(device=self.device).manual_seed(_mix(2, seed, step, i))
+                           for i in self.sample_ids]
 
     def __len__(self) -> int:
         return len(self.generators)
 
-    def randn(self, shape: Sequence[int], device: torch.device | str = "cpu",
+    def randn(self, shape: Sequence[int], device: torch.device | str | None = None,
               dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """(B, *shape) standard normal, drawn on the CPU in float32 then moved/cast."""
-        out = torch.stack([torch.randn(tuple(shape), generator=g) for g in self.generators])
-        return out.to(device=device, dtype=dtype)
+        """(B, *shape) standard normal, drawn in float32 on the generators' device, then moved/cast
+        (``device`` default: the generators')."""
+        out = torch.stack([torch.randn(tuple(shape), generator=g, device=self.device) for g in self.generators])
+        return out.to(device=device or self.device, dtype=dtype)
 
-    def randint(self, high: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    def randint(self, high: int, device: torch.device | str | None = None) -> torch.Tensor:
         """(B,) int64 uniform in [0, high)."""
-        out = torch.stack([torch.randint(0, high, (), generator=g) for g in self.generators])
-        return out.to(device)
+        out = torch.stack([torch.randint(0, high, (), generator=g, device=self.device) for g in self.generators])
+        return out.to(device or self.device)
 
-    def rand(self, device: torch.device | str = "cpu") -> torch.Tensor:
+    def rand(self, device: torch.device | str | None = None) -> torch.Tensor:
         """(B,) float32 uniform in [0, 1)."""
-        return torch.stack([torch.rand((), generator=g) for g in self.generators]).to(device)
+        return torch.stack([torch.rand((), generator=g, device=self.device) for g in self.generators]).to(
+            device or self.device)
