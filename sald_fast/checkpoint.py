@@ -151,12 +151,20 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
 
 
 def _pair_is_complete(folder: Path) -> bool:
-    """Whether ``folder`` holds a checkpoint pair that loads (both files, same save, hash matches)."""
+    """Whether ``folder`` holds both files of one save (config.json parses and names the save id
+    in the weights' header). Cheap: reads config.json and the weights' header only, since files
+    are only ever renamed into place whole; full checks are the loader's."""
     try:
-        _read_pair(folder)
-    except CheckpointError:
+        doc = json.loads((folder / CONFIG_NAME).read_bytes().decode("utf-8"))
+        with open(folder / WEIGHTS_NAME, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            size = os.fstat(f.fileno()).st_size
+            if not 0 < n <= size - 8:
+                return False
+            header = _safetensors_metadata(n.to_bytes(8, "little") + f.read(n))
+        return isinstance(doc, dict) and doc.get("save_id") is not None and header.get("save_id") == doc["save_id"]
+    except (OSError, ValueError, RecursionError):  # missing, unreadable, not JSON
         return False
-    return True
 
 
 def _keep_previous(folder: Path) -> None:
