@@ -184,12 +184,15 @@ class GaussianDiffusion(nn.Module):
 
     def training_loss(self, denoiser: Callable[..., torch.Tensor], z0: torch.Tensor, text: torch.Tensor | None,
                       text_mask: torch.Tensor | None, lengths: torch.Tensor | None, cond_drop_prob: float = 0.1,
-                      generator: torch.Generator | None = None) -> torch.Tensor:
+                      generator: torch.Generator | None = None, t: torch.Tensor | None = None,
+                      noise: torch.Tensor | None = None, drop: torch.Tensor | None = None) -> torch.Tensor:
         """Scalar MSE of the prediction target (:meth:`target`) at uniform random t, weighted per
         sample by :meth:`loss_weight`, averaged over valid latent frames.
 
         z0 (B, N', J', d_z) clean latents; the text condition of each sample is dropped
-        (learned null token) with probability ``cond_drop_prob``.
+        (learned null token) with probability ``cond_drop_prob``. ``t`` (B,) int, ``noise`` (like
+        z0) and ``drop`` (B,) bool, when given, are used instead of draws from ``generator``
+        (e.g. per-sample keyed draws, so a sample's loss does not depend on its batch).
         """
         if not isinstance(z0, torch.Tensor) or z0.dim() != 4:
             raise ValueError(f"z0 must be a (B, N', J', d_z) tensor, got {getattr(z0, 'shape', type(z0))}")
@@ -199,9 +202,16 @@ class GaussianDiffusion(nn.Module):
         B, n = z0.shape[:2]
         device = z0.device
         gen_device = generator.device if generator is not None else device
-        t = torch.randint(0, self.num_train_steps, (B,), generator=generator, device=gen_device).to(device)
-        noise = _randn(z0.shape, generator, device, z0.dtype)
-        drop = (torch.rand(B, generator=generator, device=gen_device) < cond_drop_prob).to(device)
+        if t is None:
+            t = torch.randint(0, self.num_train_steps, (B,), generator=generator, device=gen_device)
+        if noise is None:
+            noise = _randn(z0.shape, generator, device, z0.dtype)
+        if drop is None:
+            drop = torch.rand(B, generator=generator, device=gen_device) < cond_drop_prob
+        if t.shape != (B,) or noise.shape != z0.shape or drop.shape != (B,):
+            raise ValueError(f"training_loss: t {tuple(t.shape)} and drop {tuple(drop.shape)} must be ({B},), "
+                             f"noise {tuple(noise.shape)} must be {tuple(z0.shape)}")
+        t, noise, drop = t.to(device), noise.to(device=device, dtype=z0.dtype), drop.to(device)
         z_t = self.q_sample(z0, t, noise)
         pred = denoiser(z_t, t, text, text_mask, lengths, drop if text is not None else None)
         if pred.shape != z0.shape:

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint, strip_prefix
+from .checkpoint import CheckpointError, check_state_dict, load_checkpoint, save_checkpoint, strip_prefix
 from .config import SALDConfig
 from .diffusion import SCHEDULERS, GaussianDiffusion
 from .frames import TEMPORAL_FACTOR
@@ -308,6 +308,7 @@ class SignSALD(nn.Module):
         for name in known:
             module = getattr(model, name)
             try:
+                check_state_dict(strip_prefix(tensors, name), module, path / "model.safetensors", f"the {name}")
                 module.load_state_dict(strip_prefix(tensors, name), strict=True)
             except RuntimeError as exc:
                 detail = " ".join(str(exc).split())

@@ -329,15 +329,23 @@ class SkeletonVAE(BackendAttribute, nn.Module):
                 h = self.dec_levels[l](self.dec_unpools[l](h))
             return self.dec_out(F.silu(self.dec_out_norm(h)))
 
-    def forward(self, x: torch.Tensor, sample: bool = True) -> dict[str, torch.Tensor]:
+    def forward(self, x: torch.Tensor, sample: bool = True, noise: torch.Tensor | None = None
+                ) -> dict[str, torch.Tensor]:
         """Encode, draw z, decode. x (B, N, 44, 9) normalised, N a multiple of 4.
 
         z = mu + exp(logvar / 2) * eps when ``sample`` is True and the module is in training
-        mode, else z = mu (eval mode is deterministic). Returns dict(recon (B, N, 44, 9),
-        mu, logvar, z (B, N/4, J', d_z)).
+        mode, else z = mu (eval mode is deterministic). ``noise`` (B, N/4, J', d_z), when given,
+        is that eps (e.g. drawn per sample) instead of a fresh draw. Returns dict(recon
+        (B, N, 44, 9), mu, logvar, z (B, N/4, J', d_z)).
         """
         mu, logvar = self.encode(x)
-        z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar) if (sample and self.training) else mu
+        if noise is not None and noise.shape != mu.shape:
+            raise ValueError(f"noise must have the latent shape {tuple(mu.shape)}, got {tuple(noise.shape)}")
+        if sample and self.training:
+            eps = torch.randn_like(mu) if noise is None else noise.to(device=mu.device, dtype=mu.dtype)
+            z = mu + eps * torch.exp(0.5 * logvar)
+        else:
+            z = mu
         return {"recon": self.decode(z), "mu": mu, "logvar": logvar, "z": z}
 
     # -- loss ------------------------------------------------------------------------------

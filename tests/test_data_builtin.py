@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-import time
 
 import numpy as np
 import pytest
@@ -236,11 +235,10 @@ def test_load_clips_builtin(tmp_path):
         load_clips("phoenix", "train")
 
 
-def test_default_corpus_is_fast(tmp_path):
-    start = time.process_time()
+def test_default_corpus_sizes():
+    """The default corpus's split sizes (its generation time is in bench/test_bench_data.py)."""
     corpus = builtin_corpus(cache=False)
     assert [len(corpus[s]) for s in ("train", "val", "test")] == [3000, 200, 200]
-    assert time.process_time() - start < 10.0
 
 
 # sha256 of the corpus below, computed on the code before sald_fast/data/builtin.py was split into

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from unittest import mock
 
 import pytest
@@ -306,7 +305,6 @@ def test_overfits_and_every_parameter_learns():
         return err.sum() / (valid.sum() * J * DZ)
 
     opt = torch.optim.Adam(m.parameters(), lr=3e-3)
-    start = time.perf_counter()
     first = loss_fn().item()
     last = first
     for _ in range(400):
@@ -317,9 +315,7 @@ def test_overfits_and_every_parameter_learns():
         last = loss.item()
         if last < first / 20:
             break
-    elapsed = time.perf_counter() - start
     assert last < first / 10, f"loss {first:.4f} -> {last:.4f}"
-    assert elapsed < 15, f"overfit took {elapsed:.1f}s"
     unchanged = [k for k, p in m.named_parameters() if torch.equal(p.detach(), init[k])]
     assert not unchanged, f"parameters that never changed: {unchanged}"
 

@@ -127,6 +127,11 @@ def test_cli_errors_are_one_line_exit_2(trained_run, tmp_path):
     cfg = json.loads(cfg_file.read_text())
     cfg["meta"]["skeleton_id"] = "some-other-skeleton"
     cfg_file.write_text(json.dumps(cfg))
+    fails(["generate", "hello", "--checkpoint", str(other), "--out", out], "doc_sha256")  # an edit is corruption
+    from sald_fast.checkpoint import doc_sha256
+
+    cfg["doc_sha256"] = doc_sha256(cfg)  # an edit made on purpose, re-sealed: the skeleton check speaks
+    cfg_file.write_text(json.dumps(cfg))
     fails(["generate", "hello", "--checkpoint", str(other), "--out", out], "skeleton")
 
 

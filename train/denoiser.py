@@ -105,12 +105,20 @@ def train_denoiser(cfg: SALDConfig, args: argparse.Namespace, run_dir: Path, dis
     denoiser = Denoiser(cfg.denoiser, backend=args.backend).to(device)
     diffusion = GaussianDiffusion(cfg.diffusion)
 
+    full = tuple(train_set.mu.shape[1:])  # (N', J', d): drawn at full length, so trimming cannot change a draw
+
     def loss_fn(model, batch):
         mu, logvar = batch["mu"], batch["logvar"]
-        z0 = (mu + torch.randn_like(mu) * (0.5 * logvar).exp()) * scale
+        rng, n = batch["rng"], mu.shape[1]  # per-sample streams keyed by (seed, step, dataset index)
+        eps = rng.randn(full, device, mu.dtype)[:, :n]
+        t = rng.randint(diffusion.num_train_steps, device)
+        noise = rng.randn(full, device, mu.dtype)[:, :n]
+        drop = rng.rand(device) < cfg.denoiser.cond_drop_prob
+        z0 = (mu + eps * (0.5 * logvar).exp()) * scale
         text = train_set.text_features[batch["text_index"].cpu()].to(device)
         mask = train_set.text_mask[batch["text_index"].cpu()].to(device)
-        loss = diffusion.training_loss(model, z0, text, mask, batch["length"], cfg.denoiser.cond_drop_prob)
+        loss = diffusion.training_loss(model, z0, text, mask, batch["length"], cfg.denoiser.cond_drop_prob,
+                                       t=t, noise=noise, drop=drop)
         return {"loss": loss}
 
     def val_loss_fn(model, batch):

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from sald_fast.config import SALDConfig
-from sald_fast.frames import frame_mask
+from sald_fast.frames import frame_mask, latent_length
 from sald_fast.vae import SkeletonVAE
 
 from .common import Dist, Trainer, config_from_args, load_stage_model, start_stage
@@ -37,7 +37,12 @@ def train_vae(cfg: SALDConfig, args: argparse.Namespace, run_dir: Path, dist_inf
     def loss_fn(model, batch):
         x = vae.normalizer.normalize(batch["features"])
         mask = frame_mask(batch["length"], x.shape[1])
-        out = model(x)
+        # training: eps per sample, keyed by (seed, step, dataset index), the same on any rank / world size;
+        # validation batches carry no "rng" (eval mode draws nothing)
+        rng = batch.get("rng")
+        noise = None if rng is None else rng.randn((latent_length(x.shape[1]), vae.num_atoms, vae.latent_dim),
+                                                   x.device, x.dtype)
+        out = model(x, noise=noise)
         losses = vae.loss(x, out, mask=mask)
         losses["loss"] = losses["total"]
         return losses

@@ -55,6 +55,7 @@ import shutil
 import sys
 import tempfile
 import warnings
+import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,6 +104,37 @@ class SentenceRow:
     line: int
 
 
+MAX_ARRAY_BYTES = 1 << 30  # a pose or frame array larger than 1 GiB is refused (zip bombs, huge headers)
+
+
+def check_npz_headers(path: Path) -> None:
+    """Before ``np.load`` trusts an ``.npz``: every member's ``.npy`` header must declare a plain
+    (non-object) dtype and a shape whose bytes fit the member's size and ``MAX_ARRAY_BYTES``
+    (else numpy would allocate what a corrupted header claims). Raises :class:`DataError`."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            for info in zf.infolist():
+                key = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
+                if info.file_size > MAX_ARRAY_BYTES:
+                    raise DataError(path, key, f"member of {info.file_size} bytes exceeds the {MAX_ARRAY_BYTES}-byte limit")
+                with zf.open(info) as f:
+                    version = np.lib.format.read_magic(f)
+                    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                    shape, _, dtype = read(f)
+                if dtype.hasobject:
+                    raise DataError(path, key, "object arrays are not allowed")
+                count = 1
+                for n in shape:
+                    count *= int(n)
+                if count * dtype.itemsize > info.file_size:
+                    raise DataError(path, key, f"its header declares shape {shape} of {dtype} ({count * dtype.itemsize} "
+                                    f"bytes) but the member holds {info.file_size} bytes")
+    except DataError:
+        raise
+    except Exception as e:  # not a zip, truncated, bad magic or header
+        raise DataError(path, "file", f"cannot read as .npz: {type(e).__name__}: {str(e)[:200]}") from None
+
+
 def _check_split(split: str) -> str:
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
@@ -125,6 +157,13 @@ def read_sentence_csv(path: str | os.PathLike) -> list[SentenceRow]:
         text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as e:
         raise DataError(path, "file", f"cannot read: {e}") from None
+    try:
+        return _parse_sentence_table(path, text)
+    except csv.Error as e:  # e.g. a field longer than csv.field_size_limit(), a NUL byte
+        raise DataError(path, "file", f"not a readable tab-separated table: {e}") from None
+
+
+def _parse_sentence_table(path: Path, text: str) -> list[SentenceRow]:
     reader = csv.reader(io.StringIO(text), delimiter="\t", quoting=csv.QUOTE_NONE)
     header = next(reader, None)
     if header is None:
@@ -132,7 +171,8 @@ def read_sentence_csv(path: str | os.PathLike) -> list[SentenceRow]:
     header = [h.strip() for h in header]
     missing = [c for c in _REQUIRED_COLUMNS if c not in header]
     if missing:
-        raise DataError(path, missing[0], f"column missing from the header {header} (tab-separated?)")
+        shown = header if len(header) <= 12 else header[:12] + [f"... {len(header) - 12} more"]
+        raise DataError(path, missing[0], f"column missing from the header {[h[:40] for h in shown]} (tab-separated?)")
     i_name, i_sent = header.index("SENTENCE_NAME"), header.index("SENTENCE")
     rows: list[SentenceRow] = []
     seen: dict[str, int] = {}
@@ -157,6 +197,7 @@ def read_clip_file(path: str | os.PathLike, text: str, name: str | None = None,
     path = Path(path)
     if not path.is_file():
         raise DataError(path, "file", "missing")
+    check_npz_headers(path)
     try:
         archive = np.load(path, allow_pickle=False)
     except Exception as e:  # truncated zip, not a zip, pickled data...
@@ -265,6 +306,7 @@ def read_frame_file(path: str | os.PathLike) -> Any:
     suffix = path.suffix.lower()
     try:
         if suffix == ".npz":
+            check_npz_headers(path)
             with np.load(path, allow_pickle=False) as z:
                 return {k: z[k] for k in z.files}
         if suffix == ".pkl":
@@ -317,7 +359,11 @@ def _frame_params(obj: Any, path: Path) -> tuple[dict[str, np.ndarray], bool]:
             hint = " (PCA hand poses are not supported: export full axis-angle)" if "hand" in field else ""
             raise DataError(path, field, f"key {key!r} must hold {size} values for one frame, "
                             f"got shape {value.shape}{hint}")
-        out[field] = value.reshape(-1).astype(np.float32)
+        with np.errstate(over="ignore", invalid="ignore"):  # values beyond float32 become inf: refused below
+            value = value.reshape(-1).astype(np.float32)
+        if not np.isfinite(value).all():
+            raise DataError(path, field, f"key {key!r} holds NaN or inf")
+        out[field] = value
     return out, has_transl
 
 

@@ -355,7 +355,7 @@ class PoseEvaluator(nn.Module):
     @classmethod
     def load(cls, path: str | Path, device: torch.device | str = "cpu") -> "PoseEvaluator":
         """An evaluator written by :meth:`save`, in eval mode (its ``meta`` dict as ``.meta``)."""
-        from sald_fast.checkpoint import load_checkpoint
+        from sald_fast.checkpoint import CheckpointError, check_state_dict, load_checkpoint
 
         path = Path(path)
         if not path.exists():
@@ -363,8 +363,17 @@ class PoseEvaluator(nn.Module):
                                     "`python -m train.evaluator --out DIR`)")
         tensors, config, meta = load_checkpoint(path)
         if meta.get("kind") != CHECKPOINT_KIND:
-            raise ValueError(f"{str(path)!r} is not an evaluator checkpoint (kind {meta.get('kind')!r})")
-        model = cls(EvaluatorConfig.from_dict(config), meta["vocab"])
+            raise CheckpointError(f"{str(path)!r} is not an evaluator checkpoint (kind {meta.get('kind')!r})")
+        vocab = meta.get("vocab")
+        if not isinstance(vocab, list) or not all(isinstance(w, str) for w in vocab):
+            raise CheckpointError(f"evaluator checkpoint {str(path / 'config.json')!r}: meta 'vocab' must be a list "
+                                  "of words")
+        try:
+            model = cls(EvaluatorConfig.from_dict(config), vocab)
+        except (TypeError, ValueError, KeyError) as exc:
+            raise CheckpointError(f"evaluator checkpoint {str(path / 'config.json')!r} holds an invalid config: "
+                                  f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
+        check_state_dict(tensors, model, path / "model.safetensors", "the evaluator built from its config")
         model.load_state_dict(tensors, strict=True)
         model.meta = {k: v for k, v in meta.items() if k not in ("kind", "vocab")}
         return model.to(device).eval()
