@@ -28,7 +28,8 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
-from sald_fast.checkpoint import CONFIG_NAME, PREV_NAME, load_newest_checkpoint, save_checkpoint, strip_prefix
+from sald_fast.checkpoint import (CONFIG_NAME, PREV_NAME, load_checkpoint, load_newest_checkpoint, save_checkpoint,
+                                  strip_prefix)
 from sald_fast.config import SALDConfig, preset
 
 from .rng import SampleRandom, step_seed
