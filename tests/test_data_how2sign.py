@@ -281,7 +281,7 @@ def test_converter_round_trip(tmp_path, with_split_dirs):
             for f in FIELDS:
                 np.testing.assert_array_equal(c[f], src_arrays[f])
     with np.load(dst / "train" / "sent_one-1.npz", allow_pickle=False) as z:
-        assert float(z["fps"]) == 25.0 and set(z.files) == set(FIELDS) | {"fps"}
+        assert float(z["fps"]) == 25.0 and set(z.files) == set(FIELDS) | {"fps", "betas"}  # betas kept
 
 
 def test_converter_errors_and_skip_bad(tmp_path):

@@ -38,7 +38,8 @@ import torch
 
 from sald_fast.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from sald_fast.data.dataset import DataError
-from sald_fast.data.how2sign import _frame_params, read_clip_file, read_frame_file, read_sentence_csv
+from sald_fast.data.how2sign import read_clip_file, read_frame_file, read_sentence_csv
+from sald_fast.data.release import read_frame_params
 
 SEED = 15
 PER_KIND = 24  # truncations and bit flips per file
@@ -181,7 +182,7 @@ def _pickle_huge_bytes() -> bytes:
 # ----------------------------------------------------------------------------- the readers
 
 def _frame_reader(path: Path):
-    return lambda: _frame_params(read_frame_file(path), path)
+    return lambda: read_frame_params(path)  # the converter's frame reader (sald_fast.data.release)
 
 
 def _pose_cases(rng: random.Random) -> Iterator[tuple[str, bytes]]:
