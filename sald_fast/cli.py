@@ -108,7 +108,8 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     device = _start(args)
     table = evaluate_run(_run_folder(args.checkpoint), evaluator_dir=args.evaluator, num_samples=args.num_samples, steps=args.steps,
-                         seed=args.seed, device=device, progress=not args.quiet)
+                         seed=args.seed, device=device, progress=not args.quiet,
+                         dtw_procrustes=args.dtw_procrustes)
     print(table)
     return 0
 
@@ -138,6 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--num-samples", type=int, default=None, help="test sentences to use (default: all)")
     e.add_argument("--steps", type=int, default=None)
     e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--dtw-procrustes", action="store_true",
+                   help="add the PA-DTW-MJE column (Procrustes per frame pair: one SVD each, slow)")
     e.add_argument("--device", default=None)
     e.add_argument("--backend", default=None, choices=BACKENDS, help=_BACKEND_HELP)
     e.add_argument("--quiet", action="store_true")

@@ -101,7 +101,7 @@ def test_evaluate_adds_the_row(trained, data, alternates, tmp_path):
     rows = results["rows"]
     assert list(rows) == ["Mean pose", ALTERNATE_ROW, "Ground truth"]
     alt = rows[ALTERNATE_ROW]
-    assert set(alt) == {"BLEU-4", "ROUGE-L", "FID", "FID (vs test)", "MPJPE"}
+    assert set(alt) == {"BLEU-4", "ROUGE-L", "FID", "FID (vs test)", "MPJPE", "DTW-MJE"}
     assert all(np.isfinite(v) for v in alt.values())
     assert alt["MPJPE"] > 0 and rows["Ground truth"]["MPJPE"] == 0.0
     # the MPJPE compares time-aligned renditions over the reference crops

@@ -123,9 +123,10 @@ def test_evaluation_is_deterministic_and_complete(trained, data):
     rows = r1["rows"]
     assert list(rows) == ["Mean pose", "Sign-SALD", "VAE reconstruction", "Ground truth"]
     for row in rows.values():
-        assert set(row) == {"BLEU-4", "ROUGE-L", "FID", "FID (vs test)", "MPJPE"}
+        assert set(row) == {"BLEU-4", "ROUGE-L", "FID", "FID (vs test)", "MPJPE", "DTW-MJE"}
         assert all(np.isfinite(v) for v in row.values())
-    assert rows["Ground truth"]["MPJPE"] == 0.0
+    assert rows["Ground truth"]["MPJPE"] == 0.0 and rows["Ground truth"]["DTW-MJE"] == 0.0
+    assert 0 < rows["Mean pose"]["DTW-MJE"] <= rows["Mean pose"]["MPJPE"] + 1e-9  # DTW can only match better
     # the identity VAE reproduces the references exactly
     assert rows["VAE reconstruction"]["MPJPE"] == pytest.approx(0.0, abs=1e-6)
     assert rows["VAE reconstruction"]["BLEU-4"] == rows["Ground truth"]["BLEU-4"]

@@ -45,7 +45,7 @@ from typing import Any, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from .metrics import bleu4, fid, frechet_distance, gaussian_stats, mpjpe, rouge_l
+from .metrics import bleu4, dtw_mje, fid, frechet_distance, gaussian_stats, mpjpe, rouge_l
 from .models import PoseEvaluator, WordTokenizer
 
 __all__ = [
@@ -57,6 +57,7 @@ __all__ = [
     "reference_poses",
     "time_aligned_poses",
     "score_poses",
+    "dtw_columns",
     "generate_poses",
     "vae_reconstruct",
     "reconstruction_mpjpe",
@@ -69,9 +70,10 @@ __all__ = [
 ALTERNATE_ROW = "Another signing, same sentence"
 ALTERNATE_SEED = 1  # signer-variation seed of the built-in alternate renditions made by evaluate_run
 ROWS = ("Mean pose", "Sign-SALD", "VAE reconstruction", ALTERNATE_ROW, "Ground truth")
-COLUMNS = ("BLEU-4", "ROUGE-L", "FID", "MPJPE")
+COLUMNS = ("BLEU-4", "ROUGE-L", "FID", "MPJPE", "DTW-MJE", "PA-DTW-MJE")
 _LABELS = {"Mean pose": "Mean pose (lower bound)", "Ground truth": "Ground truth (ceiling)"}
-_HEADER = {"BLEU-4": "BLEU-4 ↑", "ROUGE-L": "ROUGE ↑", "FID": "FID ↓", "MPJPE": "MPJPE (mm) ↓"}
+_HEADER = {"BLEU-4": "BLEU-4 ↑", "ROUGE-L": "ROUGE ↑", "FID": "FID ↓", "MPJPE": "MPJPE (mm) ↓", "DTW-MJE": "DTW-MJE (mm) ↓",
+           "PA-DTW-MJE": "PA-DTW-MJE (mm) ↓"}
 
 
 def _hold_last_frame(positions: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -172,10 +174,12 @@ def time_aligned_poses(clips: Sequence[dict], target_frames: Sequence[int], num_
 @torch.no_grad()
 def score_poses(evaluator: PoseEvaluator, positions: torch.Tensor, lengths: torch.Tensor, references: Sequence[str],
                 reference_positions: torch.Tensor | None = None, reference_features: torch.Tensor | None = None,
-                *, batch_size: int = 64, progress: bool = True, desc: str = "score") -> dict[str, Any]:
+                *, batch_size: int = 64, progress: bool = True, desc: str = "score",
+                dtw_procrustes: bool = False) -> dict[str, Any]:
     """BLEU-4, ROUGE-L, FID (vs the evaluator's training-split fit, and vs ``reference_features``)
-    and MPJPE (vs ``reference_positions``) of poses (M, N, 44, 3); also the translations
-    (``"hypotheses"``) and FID features (``"features"`` (M, E)).
+    and MPJPE and DTW-MJE (vs ``reference_positions``, same ``lengths``; also PA-DTW-MJE with
+    ``dtw_procrustes``) of poses (M, N, 44, 3); also the translations (``"hypotheses"``) and
+    FID features (``"features"`` (M, E)).
 
     ``references``: the sentences (normalised here with :meth:`WordTokenizer.normalize`).
     """
@@ -202,7 +206,18 @@ def score_poses(evaluator: PoseEvaluator, positions: torch.Tensor, lengths: torc
         row["FID (vs test)"] = fid(features, reference_features)
     if reference_positions is not None:
         row["MPJPE"] = mpjpe(positions, reference_positions, lengths)
+        row.update(dtw_columns(positions, lengths, reference_positions, lengths, dtw_procrustes))
     return {"row": row, "hypotheses": hyps, "features": features}
+
+
+def dtw_columns(positions: torch.Tensor, lengths: torch.Tensor, reference_positions: torch.Tensor,
+                reference_lengths: torch.Tensor, procrustes: bool = False) -> dict[str, float]:
+    """``{"DTW-MJE": mm}`` (and ``"PA-DTW-MJE"`` with ``procrustes``) of poses (M, N, J, 3) with
+    ``lengths`` (M,) against references (M, N', J, 3) with ``reference_lengths`` (M,)."""
+    out = {"DTW-MJE": dtw_mje(positions, reference_positions, lengths, reference_lengths)}
+    if procrustes:
+        out["PA-DTW-MJE"] = dtw_mje(positions, reference_positions, lengths, reference_lengths, procrustes=True)
+    return out
 
 
 def generate_poses(model, texts: Sequence[str], lengths: torch.Tensor, num_frames: int, *, seed: int = 0,
@@ -278,7 +293,7 @@ def _load_model(model, device):
 def evaluate(model, evaluator: PoseEvaluator | str | Path, clips: Sequence[dict], *, num_samples: int | None = None,
              seed: int = 0, steps: int | None = None, guidance: float | None = None, batch_size: int = 32,
              device: torch.device | str | None = None, progress: bool = True, include_vae: bool = True,
-             alternate_clips: Sequence[dict] | None = None) -> dict[str, Any]:
+             alternate_clips: Sequence[dict] | None = None, dtw_procrustes: bool = False) -> dict[str, Any]:
     """Evaluate a SignSALD (or its run/model folder; ``None``: only the bounds) on test ``clips``.
 
     ``alternate_clips``: another rendition of each test sentence, in the order of ``clips``
@@ -294,11 +309,17 @@ def evaluate(model, evaluator: PoseEvaluator | str | Path, clips: Sequence[dict]
     which no other row gets either), so this MPJPE is the floor for a model that signs the
     sentence correctly but not exactly like the one reference.
 
+    DTW-MJE (:func:`sald_fast.eval.metrics.dtw_mje`) matches each row's frames to the
+    reference's by dynamic time warping (the alternate row at its own length); the
+    Procrustes-aligned variant (PA-DTW-MJE, one similarity transform per frame pair) costs
+    an SVD per frame pair and is computed only with ``dtw_procrustes=True``.
+
     Test clips longer than ``num_frames`` are cropped to their first frames (the metrics then
     see only the beginning of those sentences): a warning gives their number, also recorded
     in ``settings["cropped_clips"]`` (and ``settings["cropped_alternate_clips"]``).
 
-    Returns dict(rows={row: {BLEU-4, ROUGE-L, FID, FID (vs test), MPJPE}}, settings, examples).
+    Returns dict(rows={row: {BLEU-4, ROUGE-L, FID, FID (vs test), MPJPE, DTW-MJE[, PA-DTW-MJE]}},
+    settings, examples).
     """
     if isinstance(evaluator, (str, Path)):
         evaluator = PoseEvaluator.load(evaluator, device=device or "cpu")
@@ -330,7 +351,7 @@ def evaluate(model, evaluator: PoseEvaluator | str | Path, clips: Sequence[dict]
         warnings.warn(f"evaluate: {len(cropped)} of {len(clips)} test clips are longer than the evaluator's "
                       f"num_frames={num_frames} (longest {max(cropped)} frames) and are cropped to their first "
                       f"{num_frames} frames: their metrics do not cover the whole sentence", stacklevel=2)
-    common = dict(batch_size=batch_size, progress=progress)
+    common = dict(batch_size=batch_size, progress=progress, dtw_procrustes=dtw_procrustes)
     gt = score_poses(evaluator, ref_pos, lengths, texts, ref_pos, **common, desc="score ground truth")
     gt["row"]["FID (vs test)"] = 0.0
     candidates: dict[str, torch.Tensor] = {}
@@ -355,6 +376,7 @@ def evaluate(model, evaluator: PoseEvaluator | str | Path, clips: Sequence[dict]
                           desc="score another signing")
         aligned = time_aligned_poses(alt_clips, [_clip_frames(c) for c in clips], num_frames, progress=progress)
         alt["row"]["MPJPE"] = mpjpe(aligned, ref_pos, lengths)
+        alt["row"].update(dtw_columns(alt_pos, alt_len, ref_pos, lengths, dtw_procrustes))
         scored[ALTERNATE_ROW] = alt
         alt_cropped = sum(_clip_frames(a) > num_frames for a in alt_clips)
     rows = {name: scored[name]["row"] for name in ROWS if name in scored}
@@ -378,16 +400,18 @@ def evaluate(model, evaluator: PoseEvaluator | str | Path, clips: Sequence[dict]
 def format_table(results: dict[str, Any]) -> str:
     """The paper's Table 1 (Markdown) from :func:`evaluate`'s result."""
     rows = results["rows"]
-    lines = ["| Methods | " + " | ".join(_HEADER[c] for c in COLUMNS) + " |",
-             "| --- | " + " | ".join("---:" for _ in COLUMNS) + " |"]
+    columns = [c for c in COLUMNS if c != "PA-DTW-MJE" or any(c in r for r in rows.values())]  # PA: opt-in
+    lines = ["| Methods | " + " | ".join(_HEADER[c] for c in columns) + " |",
+             "| --- | " + " | ".join("---:" for _ in columns) + " |"]
     for name in ROWS:
         if name in rows:
-            cells = [f"{rows[name][c]:.2f}" if c in rows[name] else "-" for c in COLUMNS]
+            cells = [f"{rows[name][c]:.2f}" if c in rows[name] else "-" for c in columns]
             lines.append(f"| {_LABELS.get(name, name)} | " + " | ".join(cells) + " |")
     s = results.get("settings", {})
     note = (f"\n{s.get('num_samples', '?')} test sentences of {s.get('dataset') or 'the dataset'}, "
             f"{s.get('num_frames', '?')} frames; back-translation BLEU-4 / ROUGE-L F1 (0-100); FID against the "
-            f"{s.get('fid_reference', 'training split')}; MPJPE root-aligned. Seed {s.get('seed', 0)}"
+            f"{s.get('fid_reference', 'training split')}; MPJPE root-aligned; DTW-MJE: root-aligned mean joint "
+            f"error along the best time warping to the reference, per reference frame. Seed {s.get('seed', 0)}"
             + (f", {s['steps']} sampling steps" if s.get("steps") else "")
             + (f", guidance {s['guidance']}" if s.get("guidance") is not None else "") + ".")
     if ALTERNATE_ROW in rows:
@@ -419,7 +443,7 @@ def write_results(results: dict[str, Any], run_dir: str | Path) -> tuple[Path, P
 def evaluate_run(run: str | Path, *, evaluator_dir: str | Path | None = None, num_samples: int | None = None,
                  steps: int | None = None, seed: int = 0, guidance: float | None = None,
                  device: torch.device | str | None = None, progress: bool = True, clips: Sequence[dict] | None = None,
-                 batch_size: int = 32) -> str:
+                 batch_size: int = 32, dtw_procrustes: bool = False) -> str:
     """Evaluate the run folder of ``python -m train.full`` (its ``model/``) with the evaluator in
     ``evaluator_dir`` (default ``RUN/evaluator``) on the test split of the evaluator's dataset (or
     ``clips``); writes ``RUN/eval.json`` and ``RUN/eval.md`` and returns the Markdown table.
@@ -454,7 +478,8 @@ def evaluate_run(run: str | Path, *, evaluator_dir: str | Path | None = None, nu
         except (KeyError, ValueError) as e:
             warnings.warn(f"no '{ALTERNATE_ROW}' row: {e}", stacklevel=2)
     results = evaluate(run, evaluator, clips, num_samples=num_samples, seed=seed, steps=steps, guidance=guidance,
-                       batch_size=batch_size, device=device, progress=progress, alternate_clips=alternate)
+                       batch_size=batch_size, device=device, progress=progress, alternate_clips=alternate,
+                       dtw_procrustes=dtw_procrustes)
     if alternate is not None:
         results["settings"]["alternate_seed"] = ALTERNATE_SEED
     results["settings"]["run"] = str(run)
