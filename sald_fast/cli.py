@@ -86,6 +86,9 @@ def _generate(args: argparse.Namespace) -> int:
         raise ValueError("the text to sign is empty")
     device = _start(args)
     model = SignSALD.load(resolve_model_dir(args.checkpoint), device=device)
+    if args.frames is None and model.duration is None:
+        print(f"note: this checkpoint has no duration model (trained before it): generating "
+              f"{model.config.train.num_frames} frames (config.train.num_frames); --frames N sets it", file=sys.stderr)
     result = model.generate([args.text], num_frames=args.frames, steps=args.steps, guidance=args.guidance,
                             seed=args.seed, scheduler=args.scheduler, progress=not args.quiet)
     fps = float(model.config.train.fps)
@@ -128,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--scheduler", default=None, help="ddim (default), dpm++, ddpm, euler, unipc, ...")
     g.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale")
     g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--frames", type=int, default=None, help="number of frames (default: the training length)")
+    g.add_argument("--frames", type=int, default=None, help="number of frames (default: predicted from the text by the checkpoint's duration model)")
     g.add_argument("--device", default=None)
     g.add_argument("--backend", default=None, choices=BACKENDS, help=_BACKEND_HELP)
     g.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -146,6 +146,7 @@ class TrainConfig:
     fps: float = 25.0
     max_steps: int | None = None  # cap on optimiser steps per stage (None: epochs decide)
     ckpt_every: int = 200  # optimiser steps between checkpoints
+    duration_model: bool = True  # fit the text -> number-of-frames regressor (sald_fast.duration) in train.full
     num_workers: int = 0
     seed: int = 0
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -109,6 +110,7 @@ class SignSALD(nn.Module):
         self.text_encoder = text_encoder
         self.diffusion = GaussianDiffusion(config.diffusion)
         self.meta: dict[str, Any] = {}
+        self.duration = None  # a sald_fast.duration.DurationModel once fitted (train.full) or loaded
 
     # -- construction --------------------------------------------------------------------------
     @classmethod
@@ -201,13 +203,24 @@ class SignSALD(nn.Module):
                  progress: bool = False, lengths: Sequence[int] | torch.Tensor | None = None) -> GenerationOutput:
         """Poses for each prompt in ``texts`` (a str is a batch of one).
 
-        num_frames: frames to generate (default ``config.train.num_frames``; any N >= 1, padded
-        to a multiple of 4 internally). steps / guidance / scheduler: default to
+        num_frames: frames to generate (any N >= 1, padded to a multiple of 4 internally).
+        Default: each prompt's length predicted from its text by :attr:`duration` (the batch
+        padded to the longest, ``lengths`` set to the predictions; see
+        :meth:`predict_num_frames`), or ``config.train.num_frames`` for a model without a
+        duration model (``lengths`` given) or a checkpoint from before it (a note is logged). steps / guidance / scheduler: default to
         ``config.diffusion``'s. lengths: optional valid frames per prompt (<= num_frames), given
         to the denoiser as a padding mask. Same arguments and seed -> bit-identical output.
         """
         texts = validate_texts(texts)
         B = len(texts)
+        if num_frames is None and lengths is None and self.duration is not None:
+            lengths = self.predict_num_frames(texts)
+            num_frames = int(lengths.max())
+        elif num_frames is None and lengths is None and not getattr(self, "_duration_noted", False):
+            self._duration_noted = True
+            logging.getLogger(__name__).info(
+                "this model has no duration model (a checkpoint from before it): generating "
+                "config.train.num_frames=%d frames per prompt", self.config.train.num_frames)
         num_frames = self.config.train.num_frames if num_frames is None else num_frames
         num_frames = _int_arg("num_frames", num_frames)
         seed = _int_arg("seed", seed, minimum=0)
@@ -239,6 +252,14 @@ class SignSALD(nn.Module):
             features = self.decode_latents(z0)[:, :num_frames].float().cpu()
         return self.poses_from_features(features, texts, frame_lengths)
 
+    def predict_num_frames(self, texts: str | Sequence[str]) -> torch.Tensor:
+        """(B,) int64 frames per prompt predicted by :attr:`duration` (at most what the denoiser
+        supports). Raises ValueError for a model without a duration model."""
+        if self.duration is None:
+            raise ValueError("this model has no duration model (train it with train.full, or pass num_frames)")
+        cap = self.config.denoiser.max_latent_frames * TEMPORAL_FACTOR
+        return self.duration.predict(self.text_encoder, validate_texts(texts), max_frames=cap)
+
     def poses_from_features(self, features: torch.Tensor, texts: Sequence[str],
                             lengths: torch.Tensor | None = None) -> GenerationOutput:
         """Unnormalised features (B, N, 44, 9) -> :class:`GenerationOutput` (rotations, FK
@@ -264,6 +285,8 @@ class SignSALD(nn.Module):
         from . import __version__
 
         tensors = {"vae": _unwrap(self.vae).state_dict(), "denoiser": _unwrap(self.denoiser).state_dict()}
+        if self.duration is not None:
+            tensors["duration"] = self.duration.state_dict()
         full_meta = {**(meta or {}), "kind": CHECKPOINT_KIND, "skeleton_id": self.skeleton_id,
                      "num_joints": SIGNING_SKELETON.num_joints, "sald_fast_version": __version__}
         return save_checkpoint(path, tensors, self.config.to_dict(), full_meta)
@@ -301,6 +324,11 @@ class SignSALD(nn.Module):
         except ValueError as exc:
             raise CheckpointError(f"checkpoint {str(path)!r}: {exc}") from exc
         known = ("vae", "denoiser")
+        if any(k.startswith("duration.") for k in tensors):  # absent in checkpoints from before it
+            from .duration import DurationModel
+
+            model.duration = DurationModel(int(tensors.get("duration.mean", torch.zeros(0)).numel()))
+            known = ("vae", "denoiser", "duration")
         stray = sorted({k.split(".", 1)[0] for k in tensors} - set(known))
         if stray:
             raise CheckpointError(f"checkpoint {str(path / 'model.safetensors')!r} holds unexpected tensor "

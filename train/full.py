@@ -104,6 +104,29 @@ def _write_samples(model, run: Path, texts: list[str], lengths: list[int], progr
     return written
 
 
+def fit_duration(model, args, log, verbose: bool = True) -> None:
+    """Fit ``model.duration`` (:class:`sald_fast.duration.DurationModel`) on the training
+    sentences' lengths and log its validation fit (Pearson r, mean absolute error in frames)."""
+    import numpy as np
+
+    from sald_fast.duration import DurationModel
+    from train.data import load_split_clips
+
+    t0 = time.time()
+    train = load_split_clips(args.data, args.data_root, args.skip_bad, "train")
+    model.duration = DurationModel.fit(model.text_encoder, [c["text"] for c in train],
+                                       [len(c["global_orient"]) for c in train]).to(model.device)
+    val = load_split_clips(args.data, args.data_root, args.skip_bad, "val")
+    pred = model.predict_num_frames([c["text"] for c in val]).double().numpy()
+    true = np.array([len(c["global_orient"]) for c in val], dtype=np.float64)
+    r = float(np.corrcoef(pred, true)[0, 1]) if len(val) > 1 and pred.std() > 0 else float("nan")
+    mae = float(np.abs(pred - true).mean())
+    seconds = time.time() - t0
+    log.log(event="duration_model", val_pearson_r=round(r, 4), val_mae_frames=round(mae, 2), seconds=round(seconds, 1))
+    if verbose:
+        print(f"duration model: validation r {r:.3f}, mean abs error {mae:.1f} frames ({seconds:.1f} s)")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = add_common_args(argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter))
     p.add_argument("--evaluator", default=None,
@@ -165,6 +188,8 @@ def main(argv: list[str] | None = None) -> int:
     from sald_fast.pipeline import SignSALD
 
     model = SignSALD(cfg, vae.to(device).eval(), denoiser.to(device).eval(), text_encoder)
+    if cfg.train.duration_model:
+        fit_duration(model, args, log, dist_info.main)
     if dist_info.main:
         model.save(run / "model")
     _mark_done(run, "model", dist_info)

@@ -318,6 +318,9 @@ def evaluate(model, evaluator: PoseEvaluator | str | Path, clips: Sequence[dict]
     see only the beginning of those sentences): a warning gives their number, also recorded
     in ``settings["cropped_clips"]`` (and ``settings["cropped_alternate_clips"]``).
 
+    A model with a duration model (``model.duration``) also gets ``settings["duration_mae_frames"]``:
+    the mean absolute error of its predicted lengths against the test clips' whole lengths.
+
     Returns dict(rows={row: {BLEU-4, ROUGE-L, FID, FID (vs test), MPJPE, DTW-MJE[, PA-DTW-MJE]}},
     settings, examples).
     """
@@ -391,6 +394,10 @@ def evaluate(model, evaluator: PoseEvaluator | str | Path, clips: Sequence[dict]
                 "guidance": guidance, "batch_size": batch_size, "dataset": evaluator.meta.get("dataset"),
                 "fid_reference": f"training split ({evaluator.meta.get('real_count', '?')} clips)",
                 "cropped_clips": len(cropped)}
+    if model is not None and getattr(model, "duration", None) is not None:
+        pred = model.predict_num_frames(texts).double()
+        true = torch.tensor([_clip_frames(c) for c in clips], dtype=torch.float64)
+        settings["duration_mae_frames"] = float((pred - true).abs().mean())
     if alt_cropped is not None:
         settings["cropped_alternate_clips"] = int(alt_cropped)
         settings["alternate_mpjpe"] = "alternate resampled linearly in time to the reference's length"
@@ -418,6 +425,9 @@ def format_table(results: dict[str, Any]) -> str:
         note += (f" {ALTERNATE_ROW}: the corpus generator's second rendition of each test sentence (another signer "
                  "variation), what a perfect model could score; its MPJPE after linearly resampling it in time to "
                  "the reference's length.")
+    if s.get("duration_mae_frames") is not None:
+        note += (f" Sentence length predicted from the text (duration model): mean absolute error "
+                 f"{s['duration_mae_frames']:.1f} frames (Sign-SALD rows are generated at the reference lengths).")
     if s.get("cropped_clips"):
         note += (f" {s['cropped_clips']} test clips were longer than {s.get('num_frames', '?')} frames and were "
                  "cropped (only their beginning is scored).")
