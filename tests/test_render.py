@@ -84,3 +84,17 @@ def test_files_play_back(tmp_path, suffix):
     assert render_frames(pos, title="hi").shape[2] == 2 * 320  # front and side panels
     with pytest.raises(ValueError, match=".mp4 or .gif"):
         save_side_by_side([("x", pos)], tmp_path / "s.avi")
+
+
+def test_evaluation_videos_have_the_three_columns(tmp_path):
+    import imageio.v3 as iio
+    import torch
+
+    from sald_fast.eval.evaluate import write_side_by_side_videos
+
+    ref = torch.as_tensor(np.stack([_motion(8), _motion(8, seed=2)]), dtype=torch.float32)
+    cands = {"Mean pose": ref * 0, "Sign-SALD": ref + 0.01, "VAE reconstruction": ref - 0.01}
+    paths = write_side_by_side_videos(ref, cands, torch.tensor([8, 5]), ["a", "b"], tmp_path, count=5, fps=25.0)
+    assert [p.name for p in paths] == ["video_00.mp4", "video_01.mp4"]
+    frames = iio.imread(paths[1], index=None)
+    assert frames.shape[0] == 5 and frames.shape[2] == 3 * 320 + 2 * 2  # cropped to its length; 3 columns
