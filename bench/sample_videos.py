@@ -28,18 +28,16 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run", help="a run folder of train.full (with model/)")
     p.add_argument("--count", type=int, default=4, help="sentences (train.full writes 4)")
+    p.add_argument("--data", default="builtin", help="the run's dataset: builtin or how2sign")
+    p.add_argument("--data-root", default=None, help="DATA_ROOT of how2sign")
     args = p.parse_args(argv)
-    import json
-
     from sald_fast.eval.evaluate import reference_poses, vae_reconstruct
     from sald_fast.pipeline import SignSALD
     from sald_fast.render import save_side_by_side
     from train.data import load_split_clips
 
     model = SignSALD.load(Path(args.run) / "model")
-    cfg = json.loads((Path(args.run) / "config.json").read_text())
-    clips = load_split_clips(cfg.get("data", "builtin") if isinstance(cfg.get("data"), str) else "builtin", None,
-                             False, "test")[: args.count]
+    clips = load_split_clips(args.data, args.data_root, False, "test")[: args.count]
     ref, lengths, texts, feats = reference_poses(clips, model.config.train.num_frames, progress=False, with_features=True)
     gen = model.generate(texts, num_frames=int(lengths.max()), lengths=lengths.tolist(), seed=0).positions
     with torch.no_grad():
