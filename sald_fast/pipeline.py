@@ -70,6 +70,20 @@ class GenerationOutput:
     texts: list[str]
     lengths: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.long))
 
+    def valid_positions(self, index: int = 0) -> np.ndarray:
+        """(n, 44, 3) float32 joint positions of prompt ``index``, cropped to its valid length."""
+        if not 0 <= index < self.positions.shape[0]:
+            raise IndexError(f"index {index} out of range for {self.positions.shape[0]} prompts")
+        n = int(self.lengths[index]) if self.lengths.numel() > index else self.positions.shape[1]
+        return self.positions[index, :n].detach().cpu().numpy().astype(np.float32)
+
+    def to_pose(self, path: str | os.PathLike, fps: float, index: int = 0) -> Path:
+        """Write prompt ``index`` (its valid frames) as a ``pose-format`` ``.pose`` file at
+        ``path`` (see :mod:`sald_fast.pose_file` for the components and the pixel camera)."""
+        from .pose_file import write_pose
+
+        return write_pose(self.valid_positions(index), path, fps=fps)
+
 
 def _int_arg(name: str, value: Any, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or int(value) < minimum:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -228,3 +229,12 @@ def test_evaluate_run_with_a_real_signsald(trained, data, tmp_path):
     evaluate_run(tmp_path / "run", clips=data["test"], num_samples=4, steps=2, device="cpu", progress=False,
                  batch_size=2)
     assert json.loads((tmp_path / "run" / "eval.json").read_text()) == first
+    # --videos N: side-by-side videos ground truth | generated | VAE reconstruction of the first N sentences
+    import imageio.v3 as iio
+
+    evaluate_run(tmp_path / "run", clips=data["test"], num_samples=4, steps=2, device="cpu", progress=False,
+                 batch_size=2, videos=2)
+    videos = json.loads((tmp_path / "run" / "eval.json").read_text())["settings"]["videos"]
+    assert [Path(v).name for v in videos] == ["video_00.mp4", "video_01.mp4"]
+    frames = iio.imread(videos[0], index=None)
+    assert frames.shape[2] == 3 * 320 + 2 * 2 and frames.std() > 0

@@ -29,7 +29,7 @@ from .common import Dist, JsonlLogger, add_common_args, config_from_args, defaul
 
 __all__ = ["main", "SAMPLE_TEXTS", "StageClock"]
 
-SAMPLE_TEXTS = 4  # test sentences rendered as animations at the end
+SAMPLE_TEXTS = 4  # test sentences rendered as side-by-side videos at the end
 
 
 class StageClock:
@@ -84,23 +84,35 @@ def _mark_done(run: Path, stage: str, dist_info: Dist, **info) -> None:
     dist_info.barrier()
 
 
-def _write_samples(model, run: Path, texts: list[str], lengths: list[int], progress: bool) -> list[Path]:
-    """Animations of ``texts``, each as long as its reference signing (``lengths`` frames)."""
+def _write_samples(model, run: Path, clips: list[dict], num_frames: int, progress: bool) -> list[Path]:
+    """Side-by-side videos (ground truth | generated | VAE reconstruction, the sentence as the
+    title) of test ``clips``, each as long as its reference signing (at most ``num_frames``),
+    and the generated poses as ``.npz``."""
     import numpy as np
 
-    from sald_fast.render import save_animation
+    from sald_fast.eval.evaluate import reference_poses, vae_reconstruct
+    from sald_fast.render import save_side_by_side
 
     out_dir = run / "samples"
     out_dir.mkdir(parents=True, exist_ok=True)
+    ref_pos, lengths, texts, feats = reference_poses(clips, num_frames, device=model.device, progress=False,
+                                                     with_features=True)
+    lengths = [int(n) for n in lengths]
     result = model.generate(texts, num_frames=max(lengths), seed=0, progress=progress, lengths=lengths)
+    with torch.no_grad():
+        model.vae.eval()
+        recon = vae_reconstruct(model.vae, feats, progress=False)
     written = []
     fps = float(model.config.train.fps)
     for i, text in enumerate(texts):
+        n = lengths[i]
         stem = f"sample_{i:02d}"
-        arrays = {k: np.asarray(v[i][:lengths[i]]) for k, v in result.smplx.items()}
-        arrays["joint_positions"] = result.positions[i][:lengths[i]].detach().cpu().numpy()
+        arrays = {k: np.asarray(v[i][:n]) for k, v in result.smplx.items()}
+        arrays["joint_positions"] = result.positions[i][:n].detach().cpu().numpy()
         np.savez(out_dir / f"{stem}.npz", text=np.array(text), fps=np.array(fps), **arrays)
-        written.append(save_animation(arrays["joint_positions"], out_dir / f"{stem}.mp4", fps=fps, title=text))
+        columns = [("ground truth", ref_pos[i, :n].numpy()), ("generated", arrays["joint_positions"]),
+                   ("VAE reconstruction", recon[i, :n].numpy())]
+        written.append(save_side_by_side(columns, out_dir / f"{stem}.mp4", fps=fps, title=text))
     return written
 
 
@@ -209,9 +221,7 @@ def main(argv: list[str] | None = None) -> int:
             _mark_done(run, "evaluator", Dist())
     with clock("samples"):
         test_clips = load_split_clips(args.data, args.data_root, args.skip_bad, "test")
-        texts = [c["text"] for c in test_clips[:SAMPLE_TEXTS]]
-        lengths = [min(len(c["global_orient"]), cfg.train.num_frames) for c in test_clips[:SAMPLE_TEXTS]]
-        samples = _write_samples(model, run, texts, lengths, progress)
+        samples = _write_samples(model, run, test_clips[:SAMPLE_TEXTS], cfg.train.num_frames, progress)
     print("samples: " + ", ".join(str(s) for s in samples))
     with clock("evaluation"):
         table = evaluate_run(run, evaluator_dir=args.evaluator, device=device, progress=progress)

@@ -293,7 +293,8 @@ def _load_model(model, device):
 def evaluate(model, evaluator: PoseEvaluator | str | Path, clips: Sequence[dict], *, num_samples: int | None = None,
              seed: int = 0, steps: int | None = None, guidance: float | None = None, batch_size: int = 32,
              device: torch.device | str | None = None, progress: bool = True, include_vae: bool = True,
-             alternate_clips: Sequence[dict] | None = None, dtw_procrustes: bool = False) -> dict[str, Any]:
+             alternate_clips: Sequence[dict] | None = None, dtw_procrustes: bool = False, videos: int = 0,
+             video_dir: str | Path | None = None) -> dict[str, Any]:
     """Evaluate a SignSALD (or its run/model folder; ``None``: only the bounds) on test ``clips``.
 
     ``alternate_clips``: another rendition of each test sentence, in the order of ``clips``
@@ -321,9 +322,17 @@ def evaluate(model, evaluator: PoseEvaluator | str | Path, clips: Sequence[dict]
     A model with a duration model (``model.duration``) also gets ``settings["duration_mae_frames"]``:
     the mean absolute error of its predicted lengths against the test clips' whole lengths.
 
+    ``videos``: write side-by-side videos (ground truth | generated | VAE reconstruction, the
+    sentence as the title) of the first ``videos`` test sentences to ``video_dir`` as
+    ``video_00.mp4``, ...; their paths are listed in ``settings["videos"]``.
+
     Returns dict(rows={row: {BLEU-4, ROUGE-L, FID, FID (vs test), MPJPE, DTW-MJE[, PA-DTW-MJE]}},
     settings, examples).
     """
+    if isinstance(videos, bool) or not isinstance(videos, int) or videos < 0:
+        raise ValueError(f"videos must be an int >= 0, got {videos!r}")
+    if videos and video_dir is None:
+        raise ValueError("videos > 0 needs a video_dir to write them to")
     if isinstance(evaluator, (str, Path)):
         evaluator = PoseEvaluator.load(evaluator, device=device or "cpu")
     elif device is not None:
@@ -398,10 +407,33 @@ def evaluate(model, evaluator: PoseEvaluator | str | Path, clips: Sequence[dict]
         pred = model.predict_num_frames(texts).double()
         true = torch.tensor([_clip_frames(c) for c in clips], dtype=torch.float64)
         settings["duration_mae_frames"] = float((pred - true).abs().mean())
+    if videos:
+        fps = float(getattr(getattr(getattr(model, "config", None), "train", None), "fps", 25.0))
+        settings["videos"] = [str(p) for p in write_side_by_side_videos(ref_pos, candidates, lengths, texts, video_dir,
+                                                                         videos, fps)]
     if alt_cropped is not None:
         settings["cropped_alternate_clips"] = int(alt_cropped)
         settings["alternate_mpjpe"] = "alternate resampled linearly in time to the reference's length"
     return {"rows": rows, "settings": settings, "examples": examples}
+
+
+def write_side_by_side_videos(ref_pos: torch.Tensor, candidates: dict[str, torch.Tensor], lengths: torch.Tensor,
+                              texts: Sequence[str], out_dir: str | Path, count: int, fps: float = 25.0) -> list[Path]:
+    """Side-by-side videos ``out_dir/video_00.mp4``, ... of the first ``count`` sentences: the
+    reference ``ref_pos`` (B, N, 44, 3), then ``candidates["Sign-SALD"]`` and
+    ``candidates["VAE reconstruction"]`` where present, each cropped to ``lengths`` (B,)."""
+    from sald_fast.render import save_side_by_side
+
+    out_dir = Path(out_dir)
+    columns = [("ground truth", ref_pos)] + [(label, candidates[name]) for name, label in
+                                             (("Sign-SALD", "generated"), ("VAE reconstruction", "VAE reconstruction"))
+                                             if name in candidates]
+    written = []
+    for i in range(min(count, len(texts))):
+        n = int(lengths[i])
+        seqs = [(label, pos[i, :n].detach().float().cpu().numpy()) for label, pos in columns]
+        written.append(save_side_by_side(seqs, out_dir / f"video_{i:02d}.mp4", fps=fps, title=texts[i]))
+    return written
 
 
 def format_table(results: dict[str, Any]) -> str:
@@ -453,7 +485,7 @@ def write_results(results: dict[str, Any], run_dir: str | Path) -> tuple[Path, P
 def evaluate_run(run: str | Path, *, evaluator_dir: str | Path | None = None, num_samples: int | None = None,
                  steps: int | None = None, seed: int = 0, guidance: float | None = None,
                  device: torch.device | str | None = None, progress: bool = True, clips: Sequence[dict] | None = None,
-                 batch_size: int = 32, dtw_procrustes: bool = False) -> str:
+                 batch_size: int = 32, dtw_procrustes: bool = False, videos: int = 0) -> str:
     """Evaluate the run folder of ``python -m train.full`` (its ``model/``) with the evaluator in
     ``evaluator_dir`` (default ``RUN/evaluator``) on the test split of the evaluator's dataset (or
     ``clips``); writes ``RUN/eval.json`` and ``RUN/eval.md`` and returns the Markdown table.
@@ -462,6 +494,7 @@ def evaluate_run(run: str | Path, *, evaluator_dir: str | Path | None = None, nu
     added: :func:`sald_fast.data.builtin.alternate_renditions` (seed
     :data:`ALTERNATE_SEED`) of the same test clips (skipped with a warning if some clip is not a
     sentence of the built-in grammar). Other datasets (How2Sign) have no second rendition: no row.
+    ``videos``: side-by-side videos of the first ``videos`` test sentences go to ``RUN/videos/``.
     """
     run = Path(run)
     if not run.exists():
@@ -489,7 +522,7 @@ def evaluate_run(run: str | Path, *, evaluator_dir: str | Path | None = None, nu
             warnings.warn(f"no '{ALTERNATE_ROW}' row: {e}", stacklevel=2)
     results = evaluate(run, evaluator, clips, num_samples=num_samples, seed=seed, steps=steps, guidance=guidance,
                        batch_size=batch_size, device=device, progress=progress, alternate_clips=alternate,
-                       dtw_procrustes=dtw_procrustes)
+                       dtw_procrustes=dtw_procrustes, videos=videos, video_dir=run / "videos")
     if alternate is not None:
         results["settings"]["alternate_seed"] = ALTERNATE_SEED
     results["settings"]["run"] = str(run)
