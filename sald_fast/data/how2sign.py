@@ -56,6 +56,7 @@ from typing import Any
 import numpy as np
 
 from .dataset import POSE_FIELDS, DataError, check_clip, resample_clip
+from .safe_pickle import _reject_objects
 
 __all__ = [
     "DataError",
@@ -279,17 +280,6 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
             return super().find_class(module, name)
         raise pickle.UnpicklingError(f"unpickling {module}.{name} is not allowed (numpy arrays, dicts, lists and "
                                      "scalars only)")
-
-
-def _reject_objects(obj: Any, path: Path, key: str = "") -> None:
-    if isinstance(obj, np.ndarray) and obj.dtype.hasobject:
-        raise DataError(path, key or "file", "object arrays are not allowed")
-    if isinstance(obj, dict):
-        for k, v in obj.items():
-            _reject_objects(v, path, str(k))
-    elif isinstance(obj, (list, tuple)):
-        for v in obj:
-            _reject_objects(v, path, key)
 
 
 def read_frame_file(path: str | os.PathLike) -> Any:
