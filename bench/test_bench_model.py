@@ -158,6 +158,22 @@ def _pipeline(name: str, impl: str, backend: str, smoke: bool, compile_backend: 
                     _model("text", name, "reference", smoke)).eval()
 
 
+def _adam_step(module: nn.Module, loss_of):
+    """One training step of ``module``: ``loss_of(*inputs)`` under autocast, backward, Adam
+    (lr 1e-5), gradients cleared; returns the detached loss."""
+    optimizer = torch.optim.Adam(module.parameters(), lr=1e-5)
+
+    def step(*inputs):
+        with autocast():
+            loss = loss_of(*inputs)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return loss.detach()
+
+    return step
+
+
 def _denoiser_inputs(cfg: SALDConfig, batch: int, frames: int, seed: int = 0) -> tuple:
     """(z_t, t, text, text_mask, lengths) for the denoiser."""
     g = torch.Generator().manual_seed(seed)
@@ -218,17 +234,8 @@ def test_denoiser_training_step(timer, smoke, compile_backend, impl, train_shape
     diffusion = GaussianDiffusion(cfg.diffusion).to(DEVICE)
 
     def make_step(module: nn.Module, net):
-        optimizer = torch.optim.Adam(module.parameters(), lr=1e-5)
-
-        def step(z0, t, text, mask, lengths):
-            with autocast():
-                loss = diffusion.training_loss(net, z0, text, mask, lengths, cfg.denoiser.cond_drop_prob)
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            return loss.detach()
-
-        return step
+        return _adam_step(module, lambda z0, t, text, mask, lengths: diffusion.training_loss(
+            net, z0, text, mask, lengths, cfg.denoiser.cond_drop_prob))
 
     module = _model("denoiser_train", name, backend, smoke)
     inputs = _denoiser_inputs(cfg, B, frames)
@@ -252,18 +259,7 @@ def test_vae_training_step(timer, smoke, compile_backend, impl):
     cfg = _config(name, smoke)
 
     def make_step(module: nn.Module, net):
-        optimizer = torch.optim.Adam(module.parameters(), lr=1e-5)
-
-        def step(x):
-            with autocast():
-                out = net(x)
-                loss = module.loss(x, out)["total"]
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            return loss.detach()
-
-        return step
+        return _adam_step(module, lambda x: module.loss(x, net(x))["total"])
 
     module = _model("vae_train", name, backend, smoke)
     x = torch.randn(B, N, 44, 9, generator=torch.Generator().manual_seed(0)).to(DEVICE)

@@ -163,6 +163,15 @@ void check_grad_out(const char* op, const at::Tensor& grad_out, const at::Tensor
                     "), got ", grad_out.sizes());
 }
 
+// The checks of graph_conv_backward (CPU and CUDA): the forward's arguments, then grad_out.
+Dims check_graph_conv_backward(const char* op, const at::Tensor& grad_out, const at::Tensor& h_in,
+                               const at::Tensor& indptr, const at::Tensor& indices, const at::Tensor& w_self,
+                               const at::Tensor& w_neigh) {
+  const Dims d = check_graph_conv(op, h_in, indptr, indices, w_self, w_neigh, std::nullopt);
+  check_grad_out(op, grad_out, h_in, d);
+  return d;
+}
+
 at::Tensor unit_channel_stride(const at::Tensor& x) {
   return x.size(3) <= 1 || x.stride(3) == 1 ? x : x.contiguous();
 }
@@ -177,14 +186,26 @@ at::ScalarType acc_type(const at::Tensor& h) {
 
 // ------------------------------------------------------------------------------------------- CPU
 
+// What the CPU graph convolution kernels take: int64 CSR (values checked), h with unit channel
+// stride, and W_cat = [W_self | W_neigh] in h's accumulation type.
+struct CpuGraphConvArgs {
+  at::Tensor ip, ix, h, w_cat;
+};
+
+CpuGraphConvArgs cpu_graph_conv_args(const char* op, const Dims& d, const at::Tensor& h_in, const at::Tensor& indptr,
+                                     const at::Tensor& indices, const at::Tensor& w_self, const at::Tensor& w_neigh) {
+  auto [ip, ix] = csr_int64(indptr, indices);
+  check_csr_values(op, ip, ix, d.J);
+  at::Tensor h = unit_channel_stride(h_in);
+  at::Tensor w_cat = at::cat({w_self, w_neigh}, 1).to(acc_type(h)).contiguous();
+  return {ip, ix, h, w_cat};
+}
+
 at::Tensor graph_conv_cpu(const at::Tensor& h_in, const at::Tensor& indptr, const at::Tensor& indices,
                           const at::Tensor& w_self, const at::Tensor& w_neigh, const std::optional<at::Tensor>& bias) {
   const char* op = "sald_fast_ext::graph_conv";
   const Dims d = check_graph_conv(op, h_in, indptr, indices, w_self, w_neigh, bias);
-  auto [ip, ix] = csr_int64(indptr, indices);
-  check_csr_values(op, ip, ix, d.J);
-  const at::Tensor h = unit_channel_stride(h_in);
-  const at::Tensor w_cat = at::cat({w_self, w_neigh}, 1).to(acc_type(h)).contiguous();
+  const auto [ip, ix, h, w_cat] = cpu_graph_conv_args(op, d, h_in, indptr, indices, w_self, w_neigh);
   const at::Tensor b = bias.has_value() && bias->defined() ? bias->to(acc_type(h)).contiguous() : at::Tensor();
   return cpu::graph_conv_forward(h, ip, ix, w_cat, b);
 }
@@ -193,12 +214,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> graph_conv_backward_c
     const at::Tensor& grad_out, const at::Tensor& h_in, const at::Tensor& indptr, const at::Tensor& indices,
     const at::Tensor& w_self, const at::Tensor& w_neigh, bool has_bias, bool compute_dh, bool compute_dw) {
   const char* op = "sald_fast_ext::graph_conv_backward";
-  const Dims d = check_graph_conv(op, h_in, indptr, indices, w_self, w_neigh, std::nullopt);
-  check_grad_out(op, grad_out, h_in, d);
-  auto [ip, ix] = csr_int64(indptr, indices);
-  check_csr_values(op, ip, ix, d.J);
-  const at::Tensor h = unit_channel_stride(h_in);
-  const at::Tensor w_cat = at::cat({w_self, w_neigh}, 1).to(acc_type(h)).contiguous();
+  const Dims d = check_graph_conv_backward(op, grad_out, h_in, indptr, indices, w_self, w_neigh);
+  const auto [ip, ix, h, w_cat] = cpu_graph_conv_args(op, d, h_in, indptr, indices, w_self, w_neigh);
   auto [dh, dw_cat, dbias] =
       cpu::graph_conv_backward(grad_out.contiguous(), h, ip, ix, w_cat, has_bias, compute_dh, compute_dw);
   at::Tensor dws = at::empty({0}, w_self.options()), dwn = at::empty({0}, w_self.options());
@@ -382,8 +399,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> graph_conv_backward_c
     const at::Tensor& grad_out, const at::Tensor& h_in, const at::Tensor& indptr, const at::Tensor& indices,
     const at::Tensor& w_self, const at::Tensor& w_neigh, bool has_bias, bool compute_dh, bool compute_dw) {
   const char* op = "sald_fast_ext::graph_conv_backward";
-  const Dims d = check_graph_conv(op, h_in, indptr, indices, w_self, w_neigh, std::nullopt);
-  check_grad_out(op, grad_out, h_in, d);
+  const Dims d = check_graph_conv_backward(op, grad_out, h_in, indptr, indices, w_self, w_neigh);
   const c10::cuda::CUDAGuard guard(h_in.device());
   auto [ip, ix] = csr_int64(indptr, indices);
   const at::Tensor h = unit_channel_stride(h_in);

@@ -43,6 +43,13 @@ def _problem_offsets(p, N, H, s_b, s_n, s_h):
 
 
 @triton.jit
+def _load_tile(ptr, p, offs_j, offs_d, mask, N, H, s_b, s_n, s_j, s_h, s_d):
+    """The (BLOCK_P, BLOCK_J, BLOCK_D) tile of problems ``p`` of a strided (B, N, J, H, d) tensor."""
+    off = _problem_offsets(p, N, H, s_b, s_n, s_h)[:, None, None]
+    return tl.load(ptr + off + (offs_j[None, :, None] * s_j + offs_d[None, None, :] * s_d), mask=mask, other=0.0)
+
+
+@triton.jit
 def skeletal_attn_fwd_kernel(
     q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr,
     P, N, J, H, HEAD_DIM,
@@ -61,12 +68,9 @@ def skeletal_attn_fwd_kernel(
     pmask = p < P
     jmask = offs_j < J
     mask = pmask[:, None, None] & jmask[None, :, None] & (offs_d < HEAD_DIM)[None, None, :]
-    jd_q = offs_j[None, :, None] * s_qj + offs_d[None, None, :] * s_qd
-    jd_k = offs_j[None, :, None] * s_kj + offs_d[None, None, :] * s_kd
-    jd_v = offs_j[None, :, None] * s_vj + offs_d[None, None, :] * s_vd
-    q = tl.load(q_ptr + _problem_offsets(p, N, H, s_qb, s_qn, s_qh)[:, None, None] + jd_q, mask=mask, other=0.0)
-    k = tl.load(k_ptr + _problem_offsets(p, N, H, s_kb, s_kn, s_kh)[:, None, None] + jd_k, mask=mask, other=0.0)
-    v = tl.load(v_ptr + _problem_offsets(p, N, H, s_vb, s_vn, s_vh)[:, None, None] + jd_v, mask=mask, other=0.0)
+    q = _load_tile(q_ptr, p, offs_j, offs_d, mask, N, H, s_qb, s_qn, s_qj, s_qh, s_qd)
+    k = _load_tile(k_ptr, p, offs_j, offs_d, mask, N, H, s_kb, s_kn, s_kj, s_kh, s_kd)
+    v = _load_tile(v_ptr, p, offs_j, offs_d, mask, N, H, s_vb, s_vn, s_vj, s_vh, s_vd)
 
     s = mm(q, tl.trans(k, 0, 2, 1), PRECISION, DOT_FP32) * qk_scale  # (P, Jq, Jk), log2 domain
     s = tl.where(jmask[None, None, :], s, float("-inf"))
@@ -104,14 +108,10 @@ def skeletal_attn_bwd_kernel(
     jmask = offs_j < J
     pj_mask = pmask[:, None] & jmask[None, :]
     mask = pj_mask[:, :, None] & (offs_d < HEAD_DIM)[None, None, :]
-    jd_q = offs_j[None, :, None] * s_qj + offs_d[None, None, :] * s_qd
-    jd_k = offs_j[None, :, None] * s_kj + offs_d[None, None, :] * s_kd
-    jd_v = offs_j[None, :, None] * s_vj + offs_d[None, None, :] * s_vd
-    jd_o = offs_j[None, :, None] * s_oj + offs_d[None, None, :] * s_od
-    q = tl.load(q_ptr + _problem_offsets(p, N, H, s_qb, s_qn, s_qh)[:, None, None] + jd_q, mask=mask, other=0.0)
-    k = tl.load(k_ptr + _problem_offsets(p, N, H, s_kb, s_kn, s_kh)[:, None, None] + jd_k, mask=mask, other=0.0)
-    v = tl.load(v_ptr + _problem_offsets(p, N, H, s_vb, s_vn, s_vh)[:, None, None] + jd_v, mask=mask, other=0.0)
-    do = tl.load(do_ptr + _problem_offsets(p, N, H, s_ob, s_on, s_oh)[:, None, None] + jd_o, mask=mask, other=0.0)
+    q = _load_tile(q_ptr, p, offs_j, offs_d, mask, N, H, s_qb, s_qn, s_qj, s_qh, s_qd)
+    k = _load_tile(k_ptr, p, offs_j, offs_d, mask, N, H, s_kb, s_kn, s_kj, s_kh, s_kd)
+    v = _load_tile(v_ptr, p, offs_j, offs_d, mask, N, H, s_vb, s_vn, s_vj, s_vh, s_vd)
+    do = _load_tile(do_ptr, p, offs_j, offs_d, mask, N, H, s_ob, s_on, s_oj, s_oh, s_od)
     row = ((p // H)[:, None] * J + offs_j[None, :]) * H + (p % H)[:, None]
     out_off = row[:, :, None] * HEAD_DIM + offs_d[None, None, :]
     o = tl.load(o_ptr + out_off, mask=mask, other=0.0)

@@ -36,6 +36,14 @@ LOG2E = 1.4426950408889634
 
 
 @triton.jit
+def _key_count(len_ptr, b, N, HAS_LENGTHS: tl.constexpr):
+    """Keys of sample ``b``: lengths[b] clamped to [0, N] (never an out-of-bounds read), or N."""
+    if HAS_LENGTHS:
+        return tl.minimum(tl.maximum(tl.load(len_ptr + b).to(tl.int32), 0), N)
+    return N
+
+
+@triton.jit
 def temporal_attn_fwd_kernel(
     q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, len_ptr,
     N, J, H, HEAD_DIM,
@@ -56,10 +64,7 @@ def temporal_attn_fwd_kernel(
     bj = pid_p // H
     j = bj % J
     b = bj // J
-    if HAS_LENGTHS:
-        kv_len = tl.minimum(tl.maximum(tl.load(len_ptr + b).to(tl.int32), 0), N)
-    else:
-        kv_len = N
+    kv_len = _key_count(len_ptr, b, N, HAS_LENGTHS)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
@@ -117,10 +122,7 @@ def temporal_attn_bwd_dkdv_kernel(
     bj = pid_p // H
     j = bj % J
     b = bj // J
-    if HAS_LENGTHS:
-        kv_len = tl.minimum(tl.maximum(tl.load(len_ptr + b).to(tl.int32), 0), N)
-    else:
-        kv_len = N
+    kv_len = _key_count(len_ptr, b, N, HAS_LENGTHS)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     dmask = offs_d < HEAD_DIM
@@ -188,10 +190,7 @@ def temporal_attn_bwd_dq_kernel(
     bj = pid_p // H
     j = bj % J
     b = bj // J
-    if HAS_LENGTHS:
-        kv_len = tl.minimum(tl.maximum(tl.load(len_ptr + b).to(tl.int32), 0), N)
-    else:
-        kv_len = N
+    kv_len = _key_count(len_ptr, b, N, HAS_LENGTHS)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)

@@ -1,6 +1,8 @@
 """The ``sald-fast`` command: ``generate`` poses and animations, ``evaluate`` a run.
 
     sald-fast generate "where is the library?" --checkpoint RUN --out where.mp4
+    sald-fast generate "where is the library?" --checkpoint RUN --out where.pose
+    sald-fast generate "where is the library?" --checkpoint RUN --out where.mp4 --smplx-model SMPLX_NEUTRAL.npz
     sald-fast evaluate --checkpoint RUN
 
 Both first print which implementation each op runs (:func:`print_backend_line`, e.g. ``ops on cpu
@@ -82,12 +84,22 @@ def _generate(args: argparse.Namespace) -> int:
     from .render import save_animation
 
     out = Path(args.out)
-    if out.suffix.lower() not in (".mp4", ".gif", ".npz"):
-        raise ValueError(f"--out must end in .mp4, .gif or .npz, got {out.name!r}")
+    if out.suffix.lower() not in (".mp4", ".gif", ".npz", ".pose"):
+        raise ValueError(f"--out must end in .mp4, .gif, .npz or .pose, got {out.name!r}")
     if not isinstance(args.text, str) or not args.text.strip():
         raise ValueError("the text to sign is empty")
+    mesh_model = None
+    if args.smplx_model is not None:
+        if out.suffix.lower() not in (".mp4", ".gif"):
+            raise ValueError(f"--smplx-model renders a mesh video: --out must end in .mp4 or .gif, got {out.name!r}")
+        from .smplx_mesh import load_smplx_model
+
+        mesh_model = load_smplx_model(args.smplx_model)  # fail on a bad model file before generating
     device = _start(args)
     model = SignSALD.load(resolve_model_dir(args.checkpoint), device=device, backend=args.backend)
+    if args.frames is None and model.duration is None:
+        print(f"note: this checkpoint has no duration model (trained before it): generating "
+              f"{model.config.train.num_frames} frames (config.train.num_frames); --frames N sets it", file=sys.stderr)
     result = model.generate([args.text], num_frames=args.frames, steps=args.steps, guidance=args.guidance,
                             seed=args.seed, scheduler=args.scheduler, progress=not args.quiet,
                             cuda_graph=args.cuda_graph)
@@ -100,7 +112,14 @@ def _generate(args: argparse.Namespace) -> int:
     np.savez(tmp, text=np.array(args.text), fps=np.array(fps), **arrays)
     tmp.replace(npz)
     written = [npz]
-    if out.suffix.lower() != ".npz":
+    if out.suffix.lower() == ".pose":
+        written.append(result.to_pose(out, fps=fps))
+    elif mesh_model is not None:
+        from .render import save_frames
+        from .smplx_mesh import render_mesh_frames
+
+        written.append(save_frames(render_mesh_frames(mesh_model, arrays, title=args.text), out, fps=fps))
+    elif out.suffix.lower() != ".npz":
         written.append(save_animation(arrays["joint_positions"], out, fps=fps, title=args.text))
     print("wrote " + ", ".join(str(p) for p in written))
     return 0
@@ -111,7 +130,8 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     device = _start(args)
     table = evaluate_run(_run_folder(args.checkpoint), evaluator_dir=args.evaluator, num_samples=args.num_samples, steps=args.steps,
-                         seed=args.seed, device=device, progress=not args.quiet, backend=args.backend)
+                         seed=args.seed, device=device, progress=not args.quiet,
+                         dtw_procrustes=args.dtw_procrustes, videos=args.videos, backend=args.backend)
     print(table)
     return 0
 
@@ -122,17 +142,22 @@ _BACKEND_HELP = ("sald_fast.ops backend (default auto: per call the fastest impl
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``sald-fast`` argument parser (sub-commands ``generate`` and ``evaluate``)."""
     p = argparse.ArgumentParser(prog="sald-fast", description="Sign-SALD: text to sign-language poses.")
     sub = p.add_subparsers(dest="command", required=True)
     g = sub.add_parser("generate", help="generate poses (.npz) and an animation (.mp4/.gif) for a text")
     g.add_argument("text", help="the English sentence to sign")
     g.add_argument("--checkpoint", required=True, help="run folder of train.full (or its model/ folder)")
-    g.add_argument("--out", required=True, help="output .mp4, .gif or .npz (an .npz is always written beside)")
+    g.add_argument("--out", required=True,
+                   help="output .mp4, .gif (animation), .pose (pose-format file) or .npz (an .npz is always written beside)")
+    g.add_argument("--smplx-model", default=None, metavar="PATH",
+                   help="your SMPL-X model file (SMPLX_NEUTRAL.npz or .pkl): the .mp4/.gif shows the SMPL-X mesh "
+                        "instead of the skeleton")
     g.add_argument("--steps", type=int, default=None, help="sampling steps (default: the config's, 50 in paper)")
     g.add_argument("--scheduler", default=None, help="ddim (default), dpm++, ddpm, euler, unipc, ...")
     g.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale")
     g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--frames", type=int, default=None, help="number of frames (default: the training length)")
+    g.add_argument("--frames", type=int, default=None, help="number of frames (default: predicted from the text by the checkpoint's duration model)")
     g.add_argument("--device", default=None)
     g.add_argument("--backend", default=DEFAULT_BACKEND, choices=BACKENDS, help=_BACKEND_HELP)
     g.add_argument("--cuda-graph", action="store_true",
@@ -145,6 +170,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--num-samples", type=int, default=None, help="test sentences to use (default: all)")
     e.add_argument("--steps", type=int, default=None)
     e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--dtw-procrustes", action="store_true",
+                   help="add the PA-DTW-MJE column (Procrustes per frame pair: one SVD each, slow)")
+    e.add_argument("--videos", type=int, default=0, metavar="N",
+                   help="also write side-by-side videos (ground truth | generated | VAE reconstruction) of the first "
+                        "N test sentences to RUN/videos/")
     e.add_argument("--device", default=None)
     e.add_argument("--backend", default=DEFAULT_BACKEND, choices=BACKENDS, help=_BACKEND_HELP)
     e.add_argument("--quiet", action="store_true")

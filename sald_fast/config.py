@@ -11,6 +11,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from .frames import TEMPORAL_FACTOR
+
 __all__ = [
     "VAEConfig",
     "DenoiserConfig",
@@ -25,7 +27,7 @@ __all__ = [
 
 @dataclass
 class VAEConfig:
-    """Skeleton-aware VAE (DESIGN.md section 2).
+    """Skeleton-aware VAE (docs/DESIGN.md, "Data flow and shapes").
 
     Features per joint: 6D rotation relative to the parent + root translation (zeros on the
     other joints) = ``in_features`` (9). Levels: J=44 joints -> intermediate (20) -> ``num_atoms``.
@@ -144,6 +146,7 @@ class TrainConfig:
     fps: float = 25.0
     max_steps: int | None = None  # cap on optimiser steps per stage (None: epochs decide)
     ckpt_every: int = 200  # optimiser steps between checkpoints
+    duration_model: bool = True  # fit the text -> number-of-frames regressor (sald_fast.duration) in train.full
     num_workers: int = 0
     seed: int = 0
 
@@ -174,8 +177,9 @@ class SALDConfig:
             raise ValueError(f"train.warmup_steps must be >= 0, got {self.train.warmup_steps}")
         if not 0.0 <= self.train.ema_decay < 1.0:
             raise ValueError(f"train.ema_decay must lie in [0, 1), got {self.train.ema_decay}")
-        if self.train.num_frames % 4 != 0:
-            raise ValueError(f"train.num_frames must be a multiple of 4, got {self.train.num_frames}")
+        if self.train.num_frames % TEMPORAL_FACTOR != 0:
+            raise ValueError(f"train.num_frames must be a multiple of {TEMPORAL_FACTOR} (the VAE's temporal factor), "
+                             f"got {self.train.num_frames}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

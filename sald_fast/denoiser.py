@@ -1,6 +1,7 @@
-"""The Sign-SALD denoiser: eps prediction on skeleton-aware latents (paper section 2.2).
+"""The Sign-SALD denoiser on skeleton-aware latents (paper section 2.2): predicts eps (the paper),
+z0 or v, as ``DiffusionConfig.prediction_type`` says.
 
-``Denoiser(config)(z_t, t, text, text_mask, lengths, drop_text) -> eps``, all (B, N', J', d_z).
+``Denoiser(config)(z_t, t, text, text_mask, lengths, drop_text) -> prediction``, all (B, N', J', d_z).
 
 Each of the L layers applies, in order, k = 1..4: ``z = z + FiLM_k(A_k(LN_k(z)), t)`` with
 A_1 temporal attention (over N' for every joint, keys past ``lengths`` masked), A_2 skeletal
@@ -17,6 +18,7 @@ is dropped (classifier-free guidance).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -25,7 +27,7 @@ from torch import nn
 
 from . import ops
 from .config import DenoiserConfig
-from .ops.dispatch import BACKENDS
+from .ops.dispatch import BackendAttribute
 from .profiling import nvtx_range
 
 __all__ = ["Denoiser", "DenoiserLayer", "TextContext", "timestep_embedding", "sinusoidal_positions"]
@@ -131,10 +133,14 @@ class CrossAttention(nn.Module):
 class DenoiserLayer(nn.Module):
     """One layer: temporal attention -> skeletal attention -> cross-attention -> FFN.
 
-    ``norms[k]`` is the LayerNorm in front of sub-block k; ``film[k]`` maps the timestep embedding
-    (B, D_t) to (B, 2D) = (gamma - 1, beta) of sub-block k (zero-initialised: gamma = 1, beta = 0).
-    The residual updates themselves run in :meth:`Denoiser.forward` (they fuse with the next LN).
+    The sub-blocks, in order, are :data:`SUB_BLOCKS`; :meth:`sub_blocks` gives them as named
+    functions of the normalised stream. ``norms[k]`` is the LayerNorm in front of sub-block k;
+    ``film[k]`` maps the timestep embedding (B, D_t) to (B, 2D) = (gamma - 1, beta) of sub-block
+    k (zero-initialised: gamma = 1, beta = 0). The residual updates themselves run in
+    :meth:`Denoiser.forward` (they fuse with the next LN).
     """
+
+    SUB_BLOCKS = ("temporal", "skeletal", "cross", "ffn")
 
     def __init__(self, cfg: DenoiserConfig) -> None:
         super().__init__()
@@ -143,22 +149,27 @@ class DenoiserLayer(nn.Module):
         self.skeletal = AxisAttention(D, cfg.num_heads, "skeletal")
         self.cross = CrossAttention(D, cfg.text_dim, cfg.num_heads)
         self.ffn = nn.Sequential(nn.Linear(D, cfg.ffn_mult * D), nn.GELU(), nn.Linear(cfg.ffn_mult * D, D))
-        self.norms = nn.ModuleList([nn.LayerNorm(D) for _ in range(4)])
-        self.film = nn.ModuleList([nn.Linear(D, 2 * D) for _ in range(4)])
+        self.norms = nn.ModuleList([nn.LayerNorm(D) for _ in self.SUB_BLOCKS])
+        self.film = nn.ModuleList([nn.Linear(D, 2 * D) for _ in self.SUB_BLOCKS])
         self.dropout = nn.Dropout(cfg.dropout)
 
-    def sub_block(self, k: int, y: torch.Tensor, lengths: torch.Tensor | None, context: TextContext,
-                  layer_index: int, backend: str | None) -> torch.Tensor:
-        """A_k applied to the normalised stream y (B, N, J, D) -> h (B, N, J, D)."""
-        if k == 0:
-            h = self.temporal(y, lengths, backend)
-        elif k == 1:
-            h = self.skeletal(y, None, backend)
-        elif k == 2:
-            h = self.cross(y, context.keys[layer_index], context.values[layer_index], context.mask)
-        else:
-            h = self.ffn(y)
-        return self.dropout(h)
+    def sub_blocks(self, lengths: torch.Tensor | None, context: TextContext, layer_index: int,
+                   backend: str | None) -> tuple[tuple[str, Callable[[torch.Tensor], torch.Tensor]], ...]:
+        """``(name, A)`` per sub-block, in :data:`SUB_BLOCKS` order: ``A`` maps the normalised
+        stream y (B, N, J, D) to the update h (B, N, J, D) (dropout included)."""
+        def temporal(y: torch.Tensor) -> torch.Tensor:
+            return self.dropout(self.temporal(y, lengths, backend))
+
+        def skeletal(y: torch.Tensor) -> torch.Tensor:
+            return self.dropout(self.skeletal(y, None, backend))
+
+        def cross(y: torch.Tensor) -> torch.Tensor:
+            return self.dropout(self.cross(y, context.keys[layer_index], context.values[layer_index], context.mask))
+
+        def ffn(y: torch.Tensor) -> torch.Tensor:
+            return self.dropout(self.ffn(y))
+
+        return (("temporal", temporal), ("skeletal", skeletal), ("cross", cross), ("ffn", ffn))
 
     def film_params(self, k: int, temb_act: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(gamma, beta), each (B, D), of sub-block k from SiLU(timestep embedding) (B, D)."""
@@ -166,14 +177,16 @@ class DenoiserLayer(nn.Module):
         return 1.0 + delta_gamma, beta
 
 
-class Denoiser(nn.Module):
-    """Sequential-attention latent denoiser predicting eps (DESIGN.md section 2, paper eq. 5-6).
+class Denoiser(BackendAttribute, nn.Module):
+    """Sequential-attention latent denoiser (paper eq. 5-6; docs/DESIGN.md, "Data flow and shapes").
 
     ``config``: a :class:`~sald_fast.config.DenoiserConfig`. ``backend``: the ``sald_fast.ops``
     backend for the fused ops ("reference", "triton", "cuda", "auto" or None for the process
     default); settable later through ``self.backend``. The state_dict does not depend on it.
     Inputs of any floating dtype are cast to the parameters' dtype; eps comes back in z_t's dtype.
     """
+
+    BACKEND_OPS = ("film_residual_layernorm", "temporal_attention", "skeletal_attention")
 
     def __init__(self, config: DenoiserConfig, backend: str | None = None) -> None:
         super().__init__()
@@ -199,19 +212,6 @@ class Denoiser(nn.Module):
         self.reset_parameters()
 
     # ------------------------------------------------------------------ set-up
-
-    @property
-    def backend(self) -> str | None:
-        """The ops backend of this module (None: the process default of ``sald_fast.ops``)."""
-        return self._backend
-
-    @backend.setter
-    def backend(self, value: str | None) -> None:
-        if value is not None and value not in BACKENDS:
-            raise ValueError(f"backend must be None or one of {BACKENDS}, got {value!r}")
-        self._backend = value
-        # load the backend's modules now, never inside a torch.compile trace
-        ops.prepare(value, ops=("film_residual_layernorm", "temporal_attention", "skeletal_attention"))
 
     def reset_parameters(self) -> None:
         """Linear weights N(0, 0.02), biases 0; embeddings and null token N(0, 0.02); LayerNorm
@@ -420,8 +420,8 @@ class Denoiser(nn.Module):
                     ln = layer.norms[0]
                     y = F.layer_norm(z, ln.normalized_shape, ln.weight, ln.bias, ln.eps)
                 with nvtx_range(f"denoiser.layer{l}"):
-                    for k in range(4):
-                        h = layer.sub_block(k, y, lengths, context, l, backend)
+                    for k, (_, sub_block) in enumerate(layer.sub_blocks(lengths, context, l, backend)):
+                        h = sub_block(y)
                         gamma, beta = layer.film_params(k, temb_act)
                         nxt = layer.norms[k + 1] if k < 3 else (
                             self.layers[l + 1].norms[0] if l + 1 < len(self.layers) else self.out_norm)

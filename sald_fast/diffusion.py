@@ -28,10 +28,11 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .config import DiffusionConfig
+from .frames import frame_mask
 from .ops.checks import validate_lengths, validate_text_mask
 
 __all__ = ["SCHEDULERS", "PLANNED_SCHEDULERS", "make_scheduler", "GaussianDiffusion", "SamplingPlan",
-           "sampling_plan", "latent_frame_mask"]
+           "sampling_plan"]
 
 
 def _scheduler_table() -> dict[str, tuple[str, dict]]:
@@ -103,13 +104,6 @@ def make_scheduler(cfg: DiffusionConfig, name: str | None = None):
     }
     accepted = inspect.signature(cls.__init__).parameters
     return cls(**{k: v for k, v in kwargs.items() if k in accepted})
-
-
-def latent_frame_mask(lengths: torch.Tensor | None, batch: int, frames: int, device: torch.device) -> torch.Tensor:
-    """(B, N') bool: True on the first ``lengths[b]`` latent frames (all True when None)."""
-    if lengths is None:
-        return torch.ones(batch, frames, dtype=torch.bool, device=device)
-    return torch.arange(frames, device=device)[None, :] < lengths.to(device).view(-1, 1)
 
 
 def _randn(shape, generator: torch.Generator | None, device: torch.device, dtype=torch.float32) -> torch.Tensor:
@@ -297,12 +291,15 @@ class GaussianDiffusion(nn.Module):
 
     def training_loss(self, denoiser: Callable[..., torch.Tensor], z0: torch.Tensor, text: torch.Tensor | None,
                       text_mask: torch.Tensor | None, lengths: torch.Tensor | None, cond_drop_prob: float = 0.1,
-                      generator: torch.Generator | None = None) -> torch.Tensor:
+                      generator: torch.Generator | None = None, t: torch.Tensor | None = None,
+                      noise: torch.Tensor | None = None, drop: torch.Tensor | None = None) -> torch.Tensor:
         """Scalar MSE of the prediction target (:meth:`target`) at uniform random t, weighted per
         sample by :meth:`loss_weight`, averaged over valid latent frames.
 
         z0 (B, N', J', d_z) clean latents; the text condition of each sample is dropped
-        (learned null token) with probability ``cond_drop_prob``.
+        (learned null token) with probability ``cond_drop_prob``. ``t`` (B,) int, ``noise`` (like
+        z0) and ``drop`` (B,) bool, when given, are used instead of draws from ``generator``
+        (e.g. per-sample keyed draws, so a sample's loss does not depend on its batch).
         """
         if not isinstance(z0, torch.Tensor) or z0.dim() != 4:
             raise ValueError(f"z0 must be a (B, N', J', d_z) tensor, got {getattr(z0, 'shape', type(z0))}")
@@ -312,14 +309,21 @@ class GaussianDiffusion(nn.Module):
         B, n = z0.shape[:2]
         device = z0.device
         gen_device = generator.device if generator is not None else device
-        t = torch.randint(0, self.num_train_steps, (B,), generator=generator, device=gen_device).to(device)
-        noise = _randn(z0.shape, generator, device, z0.dtype)
-        drop = (torch.rand(B, generator=generator, device=gen_device) < cond_drop_prob).to(device)
+        if t is None:
+            t = torch.randint(0, self.num_train_steps, (B,), generator=generator, device=gen_device)
+        if noise is None:
+            noise = _randn(z0.shape, generator, device, z0.dtype)
+        if drop is None:
+            drop = torch.rand(B, generator=generator, device=gen_device) < cond_drop_prob
+        if t.shape != (B,) or noise.shape != z0.shape or drop.shape != (B,):
+            raise ValueError(f"training_loss: t {tuple(t.shape)} and drop {tuple(drop.shape)} must be ({B},), "
+                             f"noise {tuple(noise.shape)} must be {tuple(z0.shape)}")
+        t, noise, drop = t.to(device), noise.to(device=device, dtype=z0.dtype), drop.to(device)
         z_t = self.q_sample(z0, t, noise)
         pred = denoiser(z_t, t, text, text_mask, lengths, drop if text is not None else None)
         if pred.shape != z0.shape:
             raise ValueError(f"denoiser returned {tuple(pred.shape)}, expected {tuple(z0.shape)}")
-        mask = latent_frame_mask(lengths, B, n, device).to(torch.float32)
+        mask = frame_mask(lengths, n, batch=B, device=device).to(torch.float32)
         target = self.target(z0, noise, t)
         err = (pred.float() - target.float()).pow(2).mean(dim=(2, 3))  # (B, N')
         if self.cfg.loss_weighting != "uniform":

@@ -27,6 +27,9 @@ __all__ = [
     "matrix_to_axis_angle",
     "matrix_to_quaternion",
     "quaternion_to_axis_angle",
+    "axis_angle_to_quaternion",
+    "quaternion_multiply",
+    "quaternion_slerp",
     "rot6d_to_matrix",
     "matrix_to_rot6d",
     "forward_kinematics",
@@ -118,6 +121,47 @@ def quaternion_to_axis_angle(q: torch.Tensor) -> torch.Tensor:
     x2 = s2 / (w_safe * w_safe)  # tan^2(half angle), used only where small
     factor = torch.where(small, (2 / w_safe) * (1 - x2 / 3 + x2 * x2 / 5), 2 * torch.atan2(s, w) / s)
     return v * factor[..., None]
+
+
+def axis_angle_to_quaternion(aa: torch.Tensor) -> torch.Tensor:
+    """Axis-angle (..., 3) -> unit quaternion (..., 4) as (w, x, y, z) (series below 1e-6 rad)."""
+    _check_tensor(aa, "aa", (3,))
+    theta = torch.linalg.vector_norm(aa, dim=-1, keepdim=True)
+    half = 0.5 * theta
+    small = theta < 1e-6
+    k = torch.where(small, 0.5 - theta ** 2 / 48.0, torch.sin(half) / torch.where(small, torch.ones_like(theta), theta))
+    return torch.cat([torch.cos(half), aa * k], dim=-1)
+
+
+def quaternion_multiply(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Hamilton product ``a * b`` of quaternions (..., 4) (the rotation ``b``, then ``a``)."""
+    _check_tensor(a, "a", (4,))
+    _check_tensor(b, "b", (4,))
+    aw, ax, ay, az = a.unbind(-1)
+    bw, bx, by, bz = b.unbind(-1)
+    return torch.stack([aw * bw - ax * bx - ay * by - az * bz,
+                        aw * bx + ax * bw + ay * bz - az * by,
+                        aw * by - ax * bz + ay * bw + az * bx,
+                        aw * bz + ax * by - ay * bx + az * bw], dim=-1)
+
+
+def quaternion_slerp(q0: torch.Tensor, q1: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """Spherical interpolation of unit quaternions (..., 4) with weights ``w`` (...) in [0, 1],
+    along the shorter arc; a unit quaternion (..., 4)."""
+    _check_tensor(q0, "q0", (4,))
+    _check_tensor(q1, "q1", (4,))
+    dot = (q0 * q1).sum(-1, keepdim=True)
+    q1 = torch.where(dot < 0, -q1, q1)
+    dot = dot.abs().clamp(0.0, 1.0)
+    w = torch.as_tensor(w, dtype=q0.dtype, device=q0.device)[..., None]
+    theta = torch.arccos(dot)
+    sin = torch.sin(theta)
+    near = sin < 1e-6
+    safe = torch.where(near, torch.ones_like(sin), sin)
+    a = torch.where(near, 1.0 - w, torch.sin((1.0 - w) * theta) / safe)
+    b = torch.where(near, w, torch.sin(w * theta) / safe)
+    q = a * q0 + b * q1
+    return q / torch.linalg.vector_norm(q, dim=-1, keepdim=True)
 
 
 def matrix_to_axis_angle(R: torch.Tensor) -> torch.Tensor:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,16 +30,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint, strip_prefix
+from .checkpoint import CheckpointError, check_state_dict, load_checkpoint, save_checkpoint, strip_prefix
 from .config import SALDConfig
 from .diffusion import SCHEDULERS, GaussianDiffusion
+from .frames import TEMPORAL_FACTOR
 from .skeleton import SIGNING_SKELETON, pooling_hierarchy
 from .text import TextEncoder, build_text_encoder, validate_texts
 
 __all__ = ["SignSALD", "GenerationOutput", "skeleton_id", "CHECKPOINT_KIND"]
 
 CHECKPOINT_KIND = "sald_fast.SignSALD"
-TEMPORAL_FACTOR = 4  # frames per latent frame (two temporal poolings by 2)
 
 
 def skeleton_id(num_atoms: int = 7) -> str:
@@ -68,6 +69,20 @@ class GenerationOutput:
     smplx: dict[str, np.ndarray]
     texts: list[str]
     lengths: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.long))
+
+    def valid_positions(self, index: int = 0) -> np.ndarray:
+        """(n, 44, 3) float32 joint positions of prompt ``index``, cropped to its valid length."""
+        if not 0 <= index < self.positions.shape[0]:
+            raise IndexError(f"index {index} out of range for {self.positions.shape[0]} prompts")
+        n = int(self.lengths[index]) if self.lengths.numel() > index else self.positions.shape[1]
+        return self.positions[index, :n].detach().cpu().numpy().astype(np.float32)
+
+    def to_pose(self, path: str | os.PathLike, fps: float, index: int = 0) -> Path:
+        """Write prompt ``index`` (its valid frames) as a ``pose-format`` ``.pose`` file at
+        ``path`` (see :mod:`sald_fast.pose_file` for the components and the pixel camera)."""
+        from .pose_file import write_pose
+
+        return write_pose(self.valid_positions(index), path, fps=fps)
 
 
 def _int_arg(name: str, value: Any, minimum: int = 1) -> int:
@@ -109,6 +124,7 @@ class SignSALD(nn.Module):
         self.text_encoder = text_encoder
         self.diffusion = GaussianDiffusion(config.diffusion)
         self.meta: dict[str, Any] = {}
+        self.duration = None  # a sald_fast.duration.DurationModel once fitted (train.full) or loaded
 
     # -- construction --------------------------------------------------------------------------
     @classmethod
@@ -202,8 +218,11 @@ class SignSALD(nn.Module):
                  cuda_graph: bool = False) -> GenerationOutput:
         """Poses for each prompt in ``texts`` (a str is a batch of one).
 
-        num_frames: frames to generate (default ``config.train.num_frames``; any N >= 1, padded
-        to a multiple of 4 internally). steps / guidance / scheduler: default to
+        num_frames: frames to generate (any N >= 1, padded to a multiple of 4 internally).
+        Default: each prompt's length predicted from its text by :attr:`duration` (the batch
+        padded to the longest, ``lengths`` set to the predictions; see
+        :meth:`predict_num_frames`), or ``config.train.num_frames`` for a model without a
+        duration model (``lengths`` given) or a checkpoint from before it (a note is logged). steps / guidance / scheduler: default to
         ``config.diffusion``'s. lengths: optional valid frames per prompt (<= num_frames), given
         to the denoiser as a padding mask. Same arguments and seed -> bit-identical output.
         cuda_graph: capture the whole sampling run as one CUDA graph (once per batch, frames,
@@ -212,6 +231,14 @@ class SignSALD(nn.Module):
         """
         texts = validate_texts(texts)
         B = len(texts)
+        if num_frames is None and lengths is None and self.duration is not None:
+            lengths = self.predict_num_frames(texts)
+            num_frames = int(lengths.max())
+        elif num_frames is None and lengths is None and not getattr(self, "_duration_noted", False):
+            self._duration_noted = True
+            logging.getLogger(__name__).info(
+                "this model has no duration model (a checkpoint from before it): generating "
+                "config.train.num_frames=%d frames per prompt", self.config.train.num_frames)
         num_frames = self.config.train.num_frames if num_frames is None else num_frames
         num_frames = _int_arg("num_frames", num_frames)
         seed = _int_arg("seed", seed, minimum=0)
@@ -243,6 +270,14 @@ class SignSALD(nn.Module):
             features = self.decode_latents(z0)[:, :num_frames].float().cpu()
         return self.poses_from_features(features, texts, frame_lengths)
 
+    def predict_num_frames(self, texts: str | Sequence[str]) -> torch.Tensor:
+        """(B,) int64 frames per prompt predicted by :attr:`duration` (at most what the denoiser
+        supports). Raises ValueError for a model without a duration model."""
+        if self.duration is None:
+            raise ValueError("this model has no duration model (train it with train.full, or pass num_frames)")
+        cap = self.config.denoiser.max_latent_frames * TEMPORAL_FACTOR
+        return self.duration.predict(self.text_encoder, validate_texts(texts), max_frames=cap)
+
     def poses_from_features(self, features: torch.Tensor, texts: Sequence[str],
                             lengths: torch.Tensor | None = None) -> GenerationOutput:
         """Unnormalised features (B, N, 44, 9) -> :class:`GenerationOutput` (rotations, FK
@@ -268,6 +303,8 @@ class SignSALD(nn.Module):
         from . import __version__
 
         tensors = {"vae": _unwrap(self.vae).state_dict(), "denoiser": _unwrap(self.denoiser).state_dict()}
+        if self.duration is not None:
+            tensors["duration"] = self.duration.state_dict()
         full_meta = {**(meta or {}), "kind": CHECKPOINT_KIND, "skeleton_id": self.skeleton_id,
                      "num_joints": SIGNING_SKELETON.num_joints, "sald_fast_version": __version__}
         return save_checkpoint(path, tensors, self.config.to_dict(), full_meta)
@@ -307,6 +344,11 @@ class SignSALD(nn.Module):
         except ValueError as exc:
             raise CheckpointError(f"checkpoint {str(path)!r}: {exc}") from exc
         known = ("vae", "denoiser")
+        if any(k.startswith("duration.") for k in tensors):  # absent in checkpoints from before it
+            from .duration import DurationModel
+
+            model.duration = DurationModel(int(tensors.get("duration.mean", torch.zeros(0)).numel()))
+            known = ("vae", "denoiser", "duration")
         stray = sorted({k.split(".", 1)[0] for k in tensors} - set(known))
         if stray:
             raise CheckpointError(f"checkpoint {str(path / 'model.safetensors')!r} holds unexpected tensor "
@@ -314,6 +356,7 @@ class SignSALD(nn.Module):
         for name in known:
             module = getattr(model, name)
             try:
+                check_state_dict(strip_prefix(tensors, name), module, path / "model.safetensors", f"the {name}")
                 module.load_state_dict(strip_prefix(tensors, name), strict=True)
             except RuntimeError as exc:
                 detail = " ".join(str(exc).split())

@@ -1,4 +1,4 @@
-"""The skeleton-aware VAE of Sign-SALD (paper section 2.1, DESIGN.md section 2).
+"""The skeleton-aware VAE of Sign-SALD (paper section 2.1; docs/DESIGN.md, "Data flow and shapes").
 
     vae = SkeletonVAE(preset("tiny").vae)
     x = vae.normalizer.normalize(features)      # (B, N, 44, 9), N a multiple of 4
@@ -26,14 +26,14 @@ from torch import nn
 from . import ops
 from .config import VAEConfig
 from .features import FEATURE_DIM, FeatureNormalizer, features_to_positions
-from .ops.dispatch import BACKENDS
+from .frames import TEMPORAL_FACTOR
+from .ops.dispatch import BackendAttribute
 from .profiling import nvtx_range
 from .skeleton import SIGNING_SKELETON, Skeleton, pooling_hierarchy
 
 __all__ = ["SkeletonVAE", "JointLinear", "JointMLP", "STConv", "STBlock", "STPool", "STUnpool",
            "TEMPORAL_FACTOR", "upsample_time_linear"]
 
-TEMPORAL_FACTOR = 4  # frames per latent frame (two temporal poolings by 2)
 _LOGVAR_RANGE = (-30.0, 20.0)  # clamp, as diffusers' DiagonalGaussianDistribution
 
 
@@ -189,7 +189,7 @@ def _as_offsets(offsets: object) -> torch.Tensor:
     return offsets
 
 
-class SkeletonVAE(nn.Module):
+class SkeletonVAE(BackendAttribute, nn.Module):
     """Skeleton-aware VAE on normalised pose features.
 
     Args:
@@ -210,6 +210,8 @@ class SkeletonVAE(nn.Module):
     with J' = ``config.num_atoms`` and d_z = ``config.latent_dim``. Inputs of another floating
     dtype are cast to the parameters' dtype.
     """
+
+    BACKEND_OPS = ("skeletal_graph_conv",)
 
     def __init__(self, config: VAEConfig, offsets: torch.Tensor | np.ndarray | None = None,
                  backend: str | None = None) -> None:
@@ -254,20 +256,11 @@ class SkeletonVAE(nn.Module):
         self.backend = backend
 
     # -- backend ---------------------------------------------------------------------------
-    @property
-    def backend(self) -> str | None:
-        """The :mod:`sald_fast.ops` backend of every graph convolution (None: process default)."""
-        return self._backend
-
-    @backend.setter
-    def backend(self, value: str | None) -> None:
-        if value is not None and value not in BACKENDS:
-            raise ValueError(f"unknown backend {value!r}; choose one of {BACKENDS} or None (the process default)")
-        self._backend = value
+    def _backend_changed(self, value: str | None) -> None:
+        """Every graph convolution runs on ``value`` (see :class:`~sald_fast.ops.dispatch.BackendAttribute`)."""
         for m in self.modules():
             if isinstance(m, STConv):
                 m.backend = value
-        ops.prepare(value, ops=("skeletal_graph_conv",))  # load/build now, never inside a torch.compile trace
 
     # -- helpers ---------------------------------------------------------------------------
     @property
@@ -337,15 +330,23 @@ class SkeletonVAE(nn.Module):
                 h = self.dec_levels[l](self.dec_unpools[l](h))
             return self.dec_out(F.silu(self.dec_out_norm(h)))
 
-    def forward(self, x: torch.Tensor, sample: bool = True) -> dict[str, torch.Tensor]:
+    def forward(self, x: torch.Tensor, sample: bool = True, noise: torch.Tensor | None = None
+                ) -> dict[str, torch.Tensor]:
         """Encode, draw z, decode. x (B, N, 44, 9) normalised, N a multiple of 4.
 
         z = mu + exp(logvar / 2) * eps when ``sample`` is True and the module is in training
-        mode, else z = mu (eval mode is deterministic). Returns dict(recon (B, N, 44, 9),
-        mu, logvar, z (B, N/4, J', d_z)).
+        mode, else z = mu (eval mode is deterministic). ``noise`` (B, N/4, J', d_z), when given,
+        is that eps (e.g. drawn per sample) instead of a fresh draw. Returns dict(recon
+        (B, N, 44, 9), mu, logvar, z (B, N/4, J', d_z)).
         """
         mu, logvar = self.encode(x)
-        z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar) if (sample and self.training) else mu
+        if noise is not None and noise.shape != mu.shape:
+            raise ValueError(f"noise must have the latent shape {tuple(mu.shape)}, got {tuple(noise.shape)}")
+        if sample and self.training:
+            eps = torch.randn_like(mu) if noise is None else noise.to(device=mu.device, dtype=mu.dtype)
+            z = mu + eps * torch.exp(0.5 * logvar)
+        else:
+            z = mu
         return {"recon": self.decode(z), "mu": mu, "logvar": logvar, "z": z}
 
     # -- loss ------------------------------------------------------------------------------

@@ -106,6 +106,31 @@ def test_truncated_or_foreign_config(tmp_path):
         load_checkpoint(tmp_path)
 
 
+def test_edited_config_is_corruption_until_resealed(tmp_path):
+    from sald_fast.checkpoint import doc_sha256
+
+    save_checkpoint(tmp_path, {"x": torch.ones(2)}, {"words": ["hello", "world"]})
+    cfg = tmp_path / "config.json"
+    doc = json.loads(cfg.read_text())
+    doc["config"]["words"][1] = "wordl"  # still valid JSON, a different vocabulary
+    cfg.write_text(json.dumps(doc))
+    with pytest.raises(CheckpointError, match="config.json.*doc_sha256"):
+        load_checkpoint(tmp_path)
+    doc["doc_sha256"] = doc_sha256(doc)
+    cfg.write_text(json.dumps(doc))
+    assert load_checkpoint(tmp_path)[1] == {"words": ["hello", "wordl"]}
+    doc["version"] = 1  # version 1 files have no doc_sha256 and are still read
+    del doc["doc_sha256"]
+    cfg.write_text(json.dumps(doc))
+    assert load_checkpoint(tmp_path)[1] == {"words": ["hello", "wordl"]}
+
+
+def test_nan_tensor_refused(tmp_path):
+    save_checkpoint(tmp_path, {"w": torch.tensor([1.0, float("nan")]), "i": torch.arange(3)}, {})
+    with pytest.raises(CheckpointError, match="model.safetensors.*'w'.*NaN"):
+        load_checkpoint(tmp_path)
+
+
 def test_files_from_different_saves(tmp_path):
     save_checkpoint(tmp_path / "a", {"x": torch.ones(2)}, {})
     save_checkpoint(tmp_path / "b", {"x": torch.ones(2)}, {})

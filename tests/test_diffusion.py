@@ -8,7 +8,8 @@ import torch
 from torch import nn
 
 from sald_fast.config import DiffusionConfig
-from sald_fast.diffusion import SCHEDULERS, GaussianDiffusion, latent_frame_mask, make_scheduler
+from sald_fast.diffusion import SCHEDULERS, GaussianDiffusion, make_scheduler
+from sald_fast.frames import frame_mask
 
 # diffusers' sigma schedulers run numpy on torch tensors (NumPy 2 deprecation noise, not ours)
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -93,7 +94,7 @@ def test_training_loss_finite_backprop_and_masked(diffusion):
     t = torch.randint(0, 1000, (2,), generator=noise_g)
     noise = torch.randn(SHAPE, generator=noise_g)
     err = (den_out["eps"] - noise).pow(2).mean(dim=(2, 3))
-    valid = latent_frame_mask(lengths, 2, 3, torch.device("cpu"))
+    valid = frame_mask(lengths, 3, batch=2, device=torch.device("cpu"))
     torch.testing.assert_close(loss2, err[valid].mean())
     assert den.calls[-1]["drop"] is not None and den.calls[-1]["t"].shape == (2,)
 

@@ -101,7 +101,7 @@ def test_evaluate_adds_the_row(trained, data, alternates, tmp_path):
     rows = results["rows"]
     assert list(rows) == ["Mean pose", ALTERNATE_ROW, "Ground truth"]
     alt = rows[ALTERNATE_ROW]
-    assert set(alt) == {"BLEU-4", "ROUGE-L", "FID", "FID (vs test)", "MPJPE"}
+    assert set(alt) == {"BLEU-4", "ROUGE-L", "FID", "FID (vs test)", "MPJPE", "DTW-MJE"}
     assert all(np.isfinite(v) for v in alt.values())
     assert alt["MPJPE"] > 0 and rows["Ground truth"]["MPJPE"] == 0.0
     # the MPJPE compares time-aligned renditions over the reference crops
@@ -152,7 +152,7 @@ def test_evaluate_run_builds_alternates_for_builtin(trained, data, tmp_path, mon
 
     ev = importlib.import_module("sald_fast.eval.evaluate")  # the module (the package exports the function)
 
-    monkeypatch.setattr(ev, "_load_model", lambda model, device: None)  # only the bounds: no SignSALD needed
+    monkeypatch.setattr(ev, "_load_model", lambda model, device, backend=None: None)  # only the bounds: no SignSALD needed
     for dataset, expected in (("builtin", True), ("synthetic", False)):
         trained.save(tmp_path / dataset / "evaluator", {**trained.meta, "dataset": dataset})
         with warnings.catch_warnings():

@@ -22,9 +22,6 @@ kernel forgets to write, or an output it reads before writing, fails the compari
 from __future__ import annotations
 
 import copy
-import importlib
-import os
-import shutil
 
 import pytest
 import torch
@@ -32,15 +29,9 @@ import torch
 from sald_fast import ops
 from sald_fast.ops import dispatch, reference
 
-_CXX = os.environ.get("CXX", "c++")
-try:
-    ext = importlib.import_module("sald_fast.ops.extension_backend")
-except ImportError as _exc:
-    from torch.utils import cpp_extension as _ce
+from _support import assert_one_graph, extension_or_skip, graph_grabbing_backend
 
-    if shutil.which(_CXX) is None or not _ce.is_ninja_available():
-        pytest.skip(f"the extension cannot be built here: {str(_exc).splitlines()[0]}", allow_module_level=True)
-    raise
+ext = extension_or_skip()
 
 FWD_TOL = {torch.float64: (1e-12, 1e-12), torch.float32: (1e-5, 1e-5), torch.bfloat16: (8e-3, 1.6e-2),
            torch.float16: (1e-3, 2e-3)}
@@ -312,28 +303,14 @@ def test_public_op_has_no_graph_breaks():
     def block(*a):
         return _block(*a, film=lambda *f: ops.film_residual_layernorm(*f, backend="cuda"))
 
-    block(*args)  # loads the backend outside of tracing
-    explanation = torch._dynamo.explain(block)(*args)
-    reasons = [str(r.reason) for r in explanation.break_reasons]
-    assert explanation.graph_break_count == 0, reasons
-    assert explanation.graph_count == 1
+    assert_one_graph(block, *args)
 
 
 def test_compile_fullgraph_forward_backward_calls_the_ops():
     """torch.compile(fullgraph=True): forward and backward graphs hold the extension ops (no Python
     autograd.Function, no decomposition); loss and gradients match the eager reference."""
     torch._dynamo.reset()
-    from functorch.compile import make_boxed_func
-    from torch._functorch.aot_autograd import aot_module_simplified
-
-    graphs = []
-
-    def grab(gm, example_inputs):
-        graphs.append(str(gm.graph))
-        return make_boxed_func(gm.forward)
-
-    def backend(gm, example_inputs):
-        return aot_module_simplified(gm, example_inputs, fw_compiler=grab, bw_compiler=grab)
+    backend, graphs = graph_grabbing_backend()
 
     film = lambda *f: ops.film_residual_layernorm(*f, backend="cuda")  # noqa: E731
     fn = torch.compile(lambda *a: _block(*a, film=film), fullgraph=True, backend=backend)

@@ -10,9 +10,14 @@ from smplx.lbs import batch_rigid_transform, batch_rodrigues
 
 from sald_fast.geometry import (
     axis_angle_to_matrix,
+    axis_angle_to_quaternion,
     forward_kinematics,
     matrix_to_axis_angle,
+    matrix_to_quaternion,
     matrix_to_rot6d,
+    quaternion_multiply,
+    quaternion_slerp,
+    quaternion_to_axis_angle,
     rot6d_to_matrix,
 )
 from sald_fast.skeleton import SIGNING_SKELETON
@@ -241,3 +246,35 @@ def test_forward_kinematics_dtype_and_autocast():
     pos_bf, glob_bf = forward_kinematics(rotmats.bfloat16(), SIGNING_SKELETON.offsets, PARENTS)
     assert pos_bf.dtype == torch.bfloat16 and glob_bf.dtype == torch.bfloat16
     torch.testing.assert_close(pos_bf.float(), pos, atol=0.05, rtol=0)
+
+
+def test_quaternion_helpers_match_matrices():
+    """axis-angle <-> quaternion <-> matrix round trips and the Hamilton product agree with the
+    matrices (the quaternion maths the data loaders use: resampling and the built-in corpus)."""
+    rng = np.random.default_rng(1)
+    aa = rng.normal(size=(500, 3)) * rng.uniform(0, 1.2, (500, 1))
+    aa[:5] = [[0, 0, 0], [1e-9, 0, 0], [np.pi - 1e-7, 0, 0], [0, 0, 3.0], [1e-4, -2e-4, 0]]
+    aa = torch.from_numpy(aa)
+    R = axis_angle_to_matrix(aa)
+    back = quaternion_to_axis_angle(matrix_to_quaternion(R))
+    torch.testing.assert_close(axis_angle_to_matrix(back), R, atol=1e-7, rtol=0)
+    q = axis_angle_to_quaternion(aa)
+    torch.testing.assert_close(axis_angle_to_matrix(quaternion_to_axis_angle(q)), R, atol=1e-7, rtol=0)
+    # composition
+    q2 = axis_angle_to_quaternion(aa.flip(0))
+    prod = quaternion_to_axis_angle(quaternion_multiply(q, q2))
+    torch.testing.assert_close(axis_angle_to_matrix(prod), R @ axis_angle_to_matrix(aa.flip(0)), atol=1e-7, rtol=0)
+
+
+def test_quaternion_slerp_halfway_and_ends():
+    rng = np.random.default_rng(2)
+    a, b = (torch.from_numpy(rng.normal(size=(100, 3)) * 0.8) for _ in range(2))
+    Ra, Rb = axis_angle_to_matrix(a), axis_angle_to_matrix(b)
+    qa, qb = axis_angle_to_quaternion(a), -axis_angle_to_quaternion(b)  # sign flip: still the shorter arc
+    for w, want in ((0.0, Ra), (1.0, Rb)):
+        got = quaternion_slerp(qa, qb, torch.full((100,), w, dtype=torch.float64))
+        torch.testing.assert_close(axis_angle_to_matrix(quaternion_to_axis_angle(got)), want, atol=1e-9, rtol=0)
+    rel = matrix_to_axis_angle(Ra.transpose(-1, -2) @ Rb)
+    mid = quaternion_slerp(qa, qb, torch.full((100,), 0.5, dtype=torch.float64))
+    torch.testing.assert_close(axis_angle_to_matrix(quaternion_to_axis_angle(mid)), Ra @ axis_angle_to_matrix(rel / 2),
+                               atol=1e-9, rtol=0)

@@ -7,9 +7,7 @@ build failure is an error. The first run JIT-builds the extension (~10-20 s, cac
 
 from __future__ import annotations
 
-import importlib
 import os
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -22,15 +20,9 @@ from sald_fast import ops
 from sald_fast.ops import reference
 from sald_fast.skeleton import SIGNING_SKELETON, pooling_hierarchy
 
-_CXX = os.environ.get("CXX", "c++")
-try:
-    ext = importlib.import_module("sald_fast.ops.extension_backend")
-except ImportError as _exc:
-    from torch.utils import cpp_extension as _ce
+from _support import assert_one_graph, extension_or_skip, graph_grabbing_backend
 
-    if shutil.which(_CXX) is None or not _ce.is_ninja_available():
-        pytest.skip(f"the extension cannot be built here: {str(_exc).splitlines()[0]}", allow_module_level=True)
-    raise
+ext = extension_or_skip()
 
 REPO = Path(__file__).resolve().parents[1]
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() and ext.WITH_CUDA else [])
@@ -325,18 +317,8 @@ def test_compile_inductor_forward_backward():
 def test_compiled_graph_calls_the_ops():
     """The traced forward and backward graphs contain the extension ops (no decomposition)."""
     torch._dynamo.reset()
-    from functorch.compile import make_boxed_func
-    from torch._functorch.aot_autograd import aot_module_simplified
-
     indptr, indices = SIGNING_SKELETON.neighbourhood()
-    graphs = []
-
-    def grab(gm, example_inputs):
-        graphs.append(str(gm.graph))
-        return make_boxed_func(gm.forward)
-
-    def backend(gm, example_inputs):
-        return aot_module_simplified(gm, example_inputs, fw_compiler=grab, bw_compiler=grab)
+    backend, graphs = graph_grabbing_backend()
 
     leaves = [t.requires_grad_() for t in _inputs(1, 2, 44, 8, 8)]
     fn = torch.compile(lambda *a: _block(a[0], indptr, indices, *a[1:], conv=ext.skeletal_graph_conv),
@@ -356,11 +338,7 @@ def test_public_op_has_no_graph_breaks():
         conv = lambda *a: ops.skeletal_graph_conv(*a, backend="cuda")  # noqa: E731
         return _block(x, indptr, indices, ws, wn, b, conv=conv)
 
-    block(*args)  # loads the backend outside of tracing
-    explanation = torch._dynamo.explain(block)(*args)
-    reasons = [str(r.reason) for r in explanation.break_reasons]
-    assert explanation.graph_break_count == 0, reasons
-    assert explanation.graph_count == 1
+    assert_one_graph(block, *args)
 
 
 def test_fake_tensor_shapes_dynamic():
@@ -527,7 +505,7 @@ def test_missing_compiler_gives_import_error_and_auto_falls_back(tmp_path):
 
 def test_vae_with_extension_backend_matches_reference(monkeypatch):
     """SkeletonVAE(backend="cuda") on CPU tensors equals the reference VAE with the same weights."""
-    vae_module = pytest.importorskip("sald_fast.vae", reason="sald_fast.vae is not in this checkout")
+    from sald_fast import vae as vae_module
     from sald_fast.config import VAEConfig
 
     torch.manual_seed(0)

@@ -12,14 +12,6 @@ from sald_fast.ops import reference
 from sald_fast.skeleton import SIGNING_SKELETON
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def gen(seed: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 

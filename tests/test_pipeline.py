@@ -183,8 +183,12 @@ def test_save_unwraps_compiled_denoiser(model, tmp_path):
 
 
 def _edit_config(path, fn) -> None:
+    """Edit config.json on purpose (re-sealed with its doc_sha256, else the loader calls it corrupted)."""
+    from sald_fast.checkpoint import doc_sha256
+
     doc = json.loads((path / "config.json").read_text())
     fn(doc)
+    doc["doc_sha256"] = doc_sha256(doc)
     (path / "config.json").write_text(json.dumps(doc))
 
 

@@ -8,7 +8,9 @@ import pytest
 MODULES = ["sald_fast", "sald_fast.ops", "sald_fast.skeleton", "sald_fast.geometry", "sald_fast.features",
            "sald_fast.vae", "sald_fast.denoiser", "sald_fast.diffusion", "sald_fast.text", "sald_fast.pipeline",
            "sald_fast.checkpoint", "sald_fast.data", "sald_fast.eval", "sald_fast.render", "sald_fast.cli",
-           "sald_fast.config"]
+           "sald_fast.config", "sald_fast.frames", "sald_fast.data.builtin", "sald_fast.ops.dispatch",
+           "sald_fast.duration", "sald_fast.data.release", "sald_fast.data.safe_pickle",
+           "sald_fast.pose_file", "sald_fast.smplx_mesh"]
 
 
 @pytest.mark.parametrize("module", MODULES)

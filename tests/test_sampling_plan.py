@@ -190,6 +190,7 @@ def test_cli_cuda_graph_on_cpu_is_one_error_line(tmp_path, capsys, monkeypatch):
 
     class Model:
         config = preset("tiny")
+        duration = None
 
         def generate(self, *args, **kwargs):
             seen.update(kwargs)
@@ -200,7 +201,7 @@ def test_cli_cuda_graph_on_cpu_is_one_error_line(tmp_path, capsys, monkeypatch):
     (tmp_path / "model").mkdir()
     (tmp_path / "model" / "config.json").write_text("{}")
     code = cli.main(["generate", "hi", "--checkpoint", str(tmp_path), "--out", str(tmp_path / "x.npz"),
-                     "--device", "cpu", "--backend", "reference", "--cuda-graph", "--quiet"])
+                     "--device", "cpu", "--backend", "reference", "--cuda-graph", "--quiet", "--frames", "8"])
     assert code == 2 and seen["cuda_graph"] is True
     assert capsys.readouterr().err.startswith("error: cuda_graph=True captures the sampling run")
 

@@ -1,5 +1,6 @@
 """The main job end to end, at CI size: ``train.full`` trains, saves, reloads and generates; the
-``sald-fast`` CLI writes a playable animation and an ``.npz`` that reloads, and fails with one
+``sald-fast`` CLI writes a playable animation, a ``.pose`` file, an SMPL-X mesh video (synthetic
+model file) and an ``.npz`` that reloads, and fails with one
 line and exit code 2 on bad input; a run killed with SIGKILL resumes with no lost steps and the
 same losses as an uninterrupted run; two processes train with DistributedDataParallel on gloo.
 
@@ -101,6 +102,32 @@ def test_cli_generate_writes_playable_animation_and_npz(trained_run, tmp_path, s
 
 
 @pytest.mark.slow
+def test_cli_generate_pose_file_and_smplx_mesh(trained_run, tmp_path):
+    """--out X.pose writes a pose-format file; --smplx-model renders the user's model's mesh."""
+    from pose_format import Pose
+
+    from _synthetic_smplx import write_synthetic_smplx
+
+    out = tmp_path / "where.pose"
+    _run(["-m", "sald_fast.cli", "generate", "where is the library?", "--checkpoint", str(trained_run),
+          "--out", str(out), "--steps", "2", "--frames", "12", "--quiet", "--device", "cpu"])
+    pose = Pose.read(out.read_bytes())
+    assert pose.body.data.shape == (12, 1, 44, 3) and pose.body.fps == 25.0
+    npz = np.load(out.with_suffix(".npz"), allow_pickle=False)
+    assert npz["joint_positions"].shape == (12, 44, 3)
+
+    import imageio.v3 as iio
+
+    model_file = write_synthetic_smplx(tmp_path / "SMPLX_NEUTRAL.npz")
+    mesh = tmp_path / "mesh.mp4"
+    _run(["-m", "sald_fast.cli", "generate", "where is the library?", "--checkpoint", str(trained_run),
+          "--out", str(mesh), "--steps", "2", "--frames", "12", "--quiet", "--device", "cpu",
+          "--smplx-model", str(model_file)])
+    frames = iio.imread(mesh, index=None)
+    assert frames.shape[0] == 12 and frames.std() > 0
+
+
+@pytest.mark.slow
 def test_cli_errors_are_one_line_exit_2(trained_run, tmp_path):
     def fails(args: list[str], needle: str) -> None:
         proc = _run(["-m", "sald_fast.cli", *args], check=False)
@@ -112,6 +139,14 @@ def test_cli_errors_are_one_line_exit_2(trained_run, tmp_path):
     fails(["generate", "hello", "--checkpoint", str(tmp_path / "nowhere"), "--out", out], "does not exist")
     fails(["generate", "   ", "--checkpoint", str(trained_run), "--out", out], "empty")
     fails(["generate", "hello", "--checkpoint", str(trained_run), "--out", str(tmp_path / "x.txt")], ".mp4")
+    mp4 = str(tmp_path / "x.mp4")
+    fails(["generate", "hello", "--checkpoint", str(trained_run), "--out", mp4, "--smplx-model",
+           str(tmp_path / "SMPLX_MISSING.npz")], "SMPLX_MISSING.npz")
+    from _synthetic_smplx import write_synthetic_smplx
+
+    wrong = write_synthetic_smplx(tmp_path / "SMPL_WRONG.npz", posedirs=None)
+    fails(["generate", "hello", "--checkpoint", str(trained_run), "--out", mp4, "--smplx-model", str(wrong)],
+          "no field 'posedirs'")
 
     import shutil
 
@@ -126,6 +161,11 @@ def test_cli_errors_are_one_line_exit_2(trained_run, tmp_path):
     cfg_file = other / "config.json"
     cfg = json.loads(cfg_file.read_text())
     cfg["meta"]["skeleton_id"] = "some-other-skeleton"
+    cfg_file.write_text(json.dumps(cfg))
+    fails(["generate", "hello", "--checkpoint", str(other), "--out", out], "doc_sha256")  # an edit is corruption
+    from sald_fast.checkpoint import doc_sha256
+
+    cfg["doc_sha256"] = doc_sha256(cfg)  # an edit made on purpose, re-sealed: the skeleton check speaks
     cfg_file.write_text(json.dumps(cfg))
     fails(["generate", "hello", "--checkpoint", str(other), "--out", out], "skeleton")
 

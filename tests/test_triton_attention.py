@@ -10,26 +10,18 @@ as in every flash-attention kernel; accumulation is fp32).
 
 from __future__ import annotations
 
-import os
-
+import pytest
 import torch
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")  # before any Triton kernel is defined
+from _support import triton_device_or_skip
 
-import pytest  # noqa: E402
+triton = pytest.importorskip("triton")  # before the kernels: tests/conftest.py has chosen the interpreter
 
-triton = pytest.importorskip("triton")
-
-from kernels import is_interpreted  # noqa: E402
 from kernels import skeletal_attention as skel  # noqa: E402
 from kernels import temporal_attention as temp  # noqa: E402
 from sald_fast.ops import reference  # noqa: E402
 
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-if DEVICE == "cpu" and not is_interpreted(temp.temporal_attn_fwd_kernel):
-    pytest.skip("kernels were imported before TRITON_INTERPRET=1 was set and there is no GPU",
-                allow_module_level=True)
+DEVICE = triton_device_or_skip(temp.temporal_attn_fwd_kernel)
 
 pytestmark = pytest.mark.triton
 

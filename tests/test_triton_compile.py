@@ -208,7 +208,7 @@ def test_cpu_tensors_without_interpreter_raise_a_clear_error():
 
 def _tiny_denoisers():
     """A reference and a triton Denoiser with the same weights (small config), and their inputs."""
-    denoiser = pytest.importorskip("sald_fast.denoiser")
+    from sald_fast import denoiser
     from sald_fast.config import DenoiserConfig
 
     cfg = DenoiserConfig(latent_dim=8, num_atoms=7, dim=32, num_layers=2, num_heads=2, ffn_mult=2,
@@ -252,14 +252,22 @@ def test_denoiser_triton_matches_reference_outputs_and_gradients(monkeypatch):
 @pytest.mark.skipif(DEVICE == "cpu" and not is_interpreted(film.film_ln_fwd_kernel),
                     reason="kernels were imported before TRITON_INTERPRET=1 was set and there is no GPU")
 def test_denoiser_triton_compiles_without_graph_breaks():
-    """torch.compile(fullgraph=True) of the whole Denoiser (any graph break raises), forward + backward."""
+    """torch.compile(fullgraph=True) of the whole Denoiser (any graph break raises), forward + backward:
+    the compiled output and every gradient (input and parameters) equal eager's."""
     _, tri, inputs = _tiny_denoisers()
-    args = (inputs["z_t"], inputs["t"], inputs["text"], inputs["text_mask"], inputs["lengths"], None)
-    eager = tri(*args)  # loads the backend outside of tracing
+    rest = (inputs["t"], inputs["text"], inputs["text_mask"], inputs["lengths"], None)
+
+    def run(model):
+        tri.zero_grad(set_to_none=True)
+        z_t = inputs["z_t"].clone().requires_grad_()
+        out = model(z_t, *rest)
+        (out * torch.linspace(-1, 1, out.shape[-1], device=DEVICE)).sum().backward()
+        return out.detach(), {"z_t": z_t.grad, **{n: p.grad.clone() for n, p in tri.named_parameters() if p.grad is not None}}
+
+    eager_out, eager_grads = run(tri)  # also loads the backend outside of tracing
     torch._dynamo.reset()
-    compiled = torch.compile(tri, backend="aot_eager", fullgraph=True)
-    z_t = inputs["z_t"].clone().requires_grad_()
-    out = compiled(z_t, *args[1:])
-    torch.testing.assert_close(out, eager, rtol=1e-5, atol=1e-6)
-    out.sum().backward()
-    assert z_t.grad is not None and torch.isfinite(z_t.grad).all()
+    out, grads = run(torch.compile(tri, backend="aot_eager", fullgraph=True))
+    torch.testing.assert_close(out, eager_out, rtol=1e-5, atol=1e-6)
+    assert grads.keys() == eager_grads.keys() and len(grads) > 10
+    for n, g in eager_grads.items():
+        torch.testing.assert_close(grads[n], g, rtol=1e-4, atol=1e-5, msg=lambda m: f"{n}: {m}")

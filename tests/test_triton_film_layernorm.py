@@ -15,25 +15,18 @@ Outputs and every internal buffer are poisoned with NaN before the launch (``poi
 
 from __future__ import annotations
 
-import os
-
+import pytest
 import torch
+import torch.nn.functional as F
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")  # before any Triton kernel is defined
+from _support import triton_device_or_skip
 
-import pytest  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
+triton = pytest.importorskip("triton")  # before the kernels: tests/conftest.py has chosen the interpreter
 
-triton = pytest.importorskip("triton")
-
-from kernels import TritonBackendError, check_tensor, is_interpreted  # noqa: E402
+from kernels import TritonBackendError, check_tensor  # noqa: E402
 from kernels import film_layernorm as film  # noqa: E402
 
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-if DEVICE == "cpu" and not is_interpreted(film.film_ln_fwd_kernel):
-    pytest.skip("kernels were imported before TRITON_INTERPRET=1 was set and there is no GPU",
-                allow_module_level=True)
+DEVICE = triton_device_or_skip(film.film_ln_fwd_kernel)
 
 pytestmark = pytest.mark.triton
 

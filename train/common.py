@@ -4,9 +4,12 @@ A stage (VAE, denoiser) gives :class:`Trainer` a model, a loss function over a b
 dataset; the trainer owns the data order, the optimiser, checkpoints, logs and progress bars.
 
 Resumability: the data order of epoch ``e`` is a permutation drawn from ``seed + e``; every
-optimiser step ``s`` reseeds torch's RNG with ``seed + s`` (noise, timesteps, dropout), so a run
-resumed from its latest checkpoint replays exactly the steps it had not done yet.
-Checkpoints (``STAGE/latest``, ``STAGE/best``) are safetensors + JSON, written atomically.
+optimiser step ``s`` reseeds torch's RNG from ``(seed, s, rank)`` (dropout: ranks differ) and gives
+a dict batch ``batch["rng"]``, a :class:`train.rng.SampleRandom` keyed by ``(seed, s, dataset
+index)`` for the noise and timesteps of each sample, so a run resumed from its latest checkpoint
+replays exactly the steps it had not done yet, and a sample draws the same numbers on any rank.
+Checkpoints (``STAGE/latest``, ``STAGE/best``) are safetensors + JSON, saved crash-safe as a pair;
+``--resume`` loads the newest complete one and logs which.
 """
 
 from __future__ import annotations
@@ -25,11 +28,14 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
-from sald_fast.checkpoint import load_checkpoint, save_checkpoint
+from sald_fast.checkpoint import (CONFIG_NAME, PREV_NAME, load_checkpoint, load_newest_checkpoint, save_checkpoint,
+                                  strip_prefix)
 from sald_fast.config import SALDConfig, preset
 
+from .rng import SampleRandom, step_seed
+
 __all__ = ["add_common_args", "config_from_args", "Dist", "init_distributed", "Trainer", "JsonlLogger",
-           "plot_losses", "resolve_device"]
+           "plot_losses", "resolve_device", "start_stage", "load_stage_model"]
 
 
 def add_common_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -144,6 +150,24 @@ class JsonlLogger:
             f.write(json.dumps(record) + "\n")
 
 
+def start_stage(description: str, argv: list[str] | None) -> tuple[argparse.Namespace, Dist, torch.device]:
+    """The start of a stage's ``main``: its command line (:func:`add_common_args`, the run folder
+    defaulted by :func:`default_run_dir`), the process group and the device."""
+    args = add_common_args(argparse.ArgumentParser(description=description)).parse_args(argv)
+    args.run = default_run_dir(args)
+    dist_info = init_distributed(args.device)
+    return args, dist_info, resolve_device(args.device, dist_info.local_rank)
+
+
+def load_stage_model(run_dir: Path, stage: str, which: str, build: Callable[[SALDConfig], torch.nn.Module]) -> torch.nn.Module:
+    """The model of ``RUN/stage/which`` (e.g. ``vae/best``): ``build(config)`` with the checkpoint's
+    ``model.`` weights loaded strictly."""
+    tensors, config, _ = load_checkpoint(Path(run_dir) / stage / which)
+    model = build(SALDConfig.from_dict(config))
+    model.load_state_dict(strip_prefix(tensors, "model"), strict=True)
+    return model
+
+
 def plot_losses(log_path: Path, out_png: Path) -> None:
     """Loss curves per stage from the JSON-lines log, as a PNG."""
     import matplotlib
@@ -219,7 +243,8 @@ class Trainer:
         stage: name used for the checkpoint folder (RUN/stage) and the log.
         model: the module whose parameters are trained (its state_dict is checkpointed).
         loss_fn: ``loss_fn(model, batch) -> dict`` with a scalar ``"loss"`` (others logged); it gets
-            the DistributedDataParallel wrapper (or the compiled module) while training.
+            the DistributedDataParallel wrapper (or the compiled module) while training, and a dict
+            batch gets ``batch["rng"]``: a :class:`train.rng.SampleRandom` for its random draws.
         train_set / val_set: datasets; ``collate`` builds batches.
         epochs, batch_size, lr: schedule; ``max_steps`` caps optimiser steps.
         extra_state: ``() -> (tensors, meta)`` saved with every checkpoint (e.g. normaliser).
@@ -341,15 +366,23 @@ class Trainer:
         save_checkpoint(self._ckpt_dir(which), tensors, self.config.to_dict(), meta)
 
     def try_resume(self) -> bool:
-        """Load STAGE/latest if present; True if something was loaded."""
+        """Load the newest complete checkpoint of STAGE/latest (the folder's pair, else the previous
+        pair a killed save kept) and log which one; True if something was loaded, False when no
+        save ever completed. Raises CheckpointError when checkpoint files exist but none loads."""
         path = self._ckpt_dir("latest")
-        if not (path / "config.json").exists():
-            return False
-        tensors, _, meta = load_checkpoint(path)
-        model_sd = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+        if not (path / CONFIG_NAME).exists() and not (path / PREV_NAME).exists():
+            return False  # config.json is written last: no save of this stage ever completed
+        tensors, _, meta, used, skipped = load_newest_checkpoint(path)
+        line = f"{self.stage}: resuming from {used} (step {int(meta['step'])})"
+        if skipped:
+            line += " after skipping the newer, incomplete one: " + "; ".join(skipped)
+        if self.dist.main:
+            tqdm.write(line)
+        self.logger.log(stage=self.stage, event="resume", checkpoint=str(used), step=int(meta["step"]), skipped=skipped)
+        model_sd = strip_prefix(tensors, "model")
         self.model.load_state_dict(model_sd, strict=True)
         if self.ema is not None:
-            ema_sd = {k[len("ema."):]: v for k, v in tensors.items() if k.startswith("ema.")}
+            ema_sd = strip_prefix(tensors, "ema")
             self.ema.load_state_dict(ema_sd if ema_sd else model_sd, strict=True)
         self.optimizer.load_state_dict(_optimizer_state(tensors, meta["optimizer"]))
         self.step = int(meta["step"])
@@ -397,8 +430,10 @@ class Trainer:
             for b in range(offset, self.steps_per_epoch):
                 if self.step >= self.total_steps:
                     break
-                torch.manual_seed(self.seed * 1_000_003 + self.step)
+                torch.manual_seed(step_seed(self.seed, self.step, self.dist.rank))  # dropout: differs per rank
                 batch = self._batch(self.train_set, batches[b])
+                if isinstance(batch, dict):  # noise, timesteps: keyed per sample, the same under any world size
+                    batch["rng"] = SampleRandom(self.seed, self.step, batches[b], self.device)
                 with self._autocast():
                     out = self.loss_fn(self.train_model, batch)
                 loss = out["loss"]

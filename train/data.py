@@ -11,7 +11,7 @@ from sald_fast.config import SALDConfig
 from sald_fast.data import load_clips
 from sald_fast.data.dataset import MotionTextDataset, collate
 
-__all__ = ["load_split_datasets", "load_split_clips", "padding_mask", "trimmed", "length_buckets", "TRIM_MULTIPLE"]
+__all__ = ["load_split_datasets", "load_split_clips", "trimmed", "length_buckets", "TRIM_MULTIPLE"]
 
 TRIM_MULTIPLE = 16  # batches trimmed to their longest clip are rounded up to this many frames
 
@@ -73,7 +73,3 @@ def load_split_datasets(cfg: SALDConfig, args: argparse.Namespace, train_crops: 
     return train_set, val_set, (trimmed(collate) if cfg.train.bucket_by_length else collate)
 
 
-def padding_mask(lengths: torch.Tensor, n: int) -> torch.Tensor:
-    """(B, n) bool, True on valid frames."""
-    lengths = torch.as_tensor(lengths)
-    return torch.arange(n, device=lengths.device).view(1, n) < lengths.view(-1, 1)

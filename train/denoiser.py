@@ -17,16 +17,16 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from sald_fast.checkpoint import load_checkpoint
 from sald_fast.config import SALDConfig
 from sald_fast.denoiser import Denoiser
 from sald_fast.diffusion import GaussianDiffusion
+from sald_fast.frames import frame_mask, latent_length
 from sald_fast.ops import validate_lengths, validate_text_mask
 from sald_fast.text import TextEncoder, build_text_encoder
 from sald_fast.vae import SkeletonVAE
 
-from .common import Dist, Trainer, add_common_args, config_from_args, default_run_dir, init_distributed, resolve_device
-from .data import load_split_datasets, padding_mask
+from .common import Dist, Trainer, config_from_args, load_stage_model, start_stage
+from .data import load_split_datasets
 from .vae import load_vae
 
 __all__ = ["LatentTextDataset", "train_denoiser", "load_denoiser", "main"]
@@ -87,7 +87,7 @@ def encode_dataset(vae: SkeletonVAE, dataset, text_encoder: TextEncoder, device:
         mu, logvar = vae.encode(vae.normalizer.normalize(x))
         mus.append(mu.float().cpu())
         logvars.append(logvar.float().cpu())
-        lengths.extend((it["length"] + 3) // 4 for it in items)
+        lengths.extend(latent_length(it["length"]) for it in items)
         texts.extend(it["text"] for it in items)
     unique = sorted(set(texts))
     feats, masks = [], []
@@ -103,7 +103,7 @@ def encode_dataset(vae: SkeletonVAE, dataset, text_encoder: TextEncoder, device:
 
 def latent_scale_of(ds: LatentTextDataset) -> float:
     """1 / std of the valid latent means (so scaled latents have unit variance)."""
-    mask = padding_mask(ds.lengths, ds.mu.shape[1])
+    mask = frame_mask(ds.lengths, ds.mu.shape[1])
     return float(1.0 / ds.mu[mask].std().clamp_min(1e-4))
 
 
@@ -123,12 +123,20 @@ def train_denoiser(cfg: SALDConfig, args: argparse.Namespace, run_dir: Path, dis
     denoiser = Denoiser(cfg.denoiser, backend=args.backend).to(device)
     diffusion = GaussianDiffusion(cfg.diffusion)
 
+    full = tuple(train_set.mu.shape[1:])  # (N', J', d): drawn at full length, so trimming cannot change a draw
+
     def loss_fn(model, batch):
         mu, logvar = batch["mu"], batch["logvar"]
-        z0 = (mu + torch.randn_like(mu) * (0.5 * logvar).exp()) * scale
-        features, masks = train_set.text_tables(device)
+        rng, n = batch["rng"], mu.shape[1]  # per-sample streams keyed by (seed, step, dataset index)
+        eps = rng.randn(full, device, mu.dtype)[:, :n]
+        t = rng.randint(diffusion.num_train_steps, device)
+        noise = rng.randn(full, device, mu.dtype)[:, :n]
+        drop = rng.rand(device) < cfg.denoiser.cond_drop_prob
+        z0 = (mu + eps * (0.5 * logvar).exp()) * scale
+        features, masks = train_set.text_tables(device)  # device-side tables: no host copy per step
         text, mask = features[batch["text_index"]], masks[batch["text_index"]]
-        loss = diffusion.training_loss(model, z0, text, mask, batch["length"], cfg.denoiser.cond_drop_prob)
+        loss = diffusion.training_loss(model, z0, text, mask, batch["length"], cfg.denoiser.cond_drop_prob,
+                                       t=t, noise=noise, drop=drop)
         return {"loss": loss}
 
     def val_loss_fn(model, batch):
@@ -158,19 +166,12 @@ def train_denoiser(cfg: SALDConfig, args: argparse.Namespace, run_dir: Path, dis
 def load_denoiser(run_dir: Path, device: torch.device | str = "cpu", which: str = "best",
                   backend: str | None = None) -> Denoiser:
     """The denoiser of a run folder (RUN/denoiser/best by default), in eval mode."""
-    tensors, config, _ = load_checkpoint(Path(run_dir) / "denoiser" / which)
-    cfg = SALDConfig.from_dict(config)
-    den = Denoiser(cfg.denoiser, backend=backend)
-    den.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}, strict=True)
+    den = load_stage_model(run_dir, "denoiser", which, lambda cfg: Denoiser(cfg.denoiser, backend=backend))
     return den.to(device).eval()
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = add_common_args(argparse.ArgumentParser(description=__doc__))
-    args = p.parse_args(argv)
-    args.run = default_run_dir(args)
-    dist_info = init_distributed(args.device)
-    device = resolve_device(args.device, dist_info.local_rank)
+    args, dist_info, device = start_stage(__doc__, argv)
     run = Path(args.run)
     if not (run / "vae" / "best" / "config.json").exists():
         print(f"error: no trained VAE in {run}/vae/best; run `python -m train.vae --run {run}` first", file=sys.stderr)

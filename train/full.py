@@ -29,7 +29,7 @@ from .common import Dist, JsonlLogger, add_common_args, config_from_args, defaul
 
 __all__ = ["main", "SAMPLE_TEXTS", "StageClock"]
 
-SAMPLE_TEXTS = 4  # test sentences rendered as animations at the end
+SAMPLE_TEXTS = 4  # test sentences rendered as side-by-side videos at the end
 
 
 class StageClock:
@@ -84,24 +84,59 @@ def _mark_done(run: Path, stage: str, dist_info: Dist, **info) -> None:
     dist_info.barrier()
 
 
-def _write_samples(model, run: Path, texts: list[str], lengths: list[int], progress: bool) -> list[Path]:
-    """Animations of ``texts``, each as long as its reference signing (``lengths`` frames)."""
+def _write_samples(model, run: Path, clips: list[dict], num_frames: int, progress: bool) -> list[Path]:
+    """Side-by-side videos (ground truth | generated | VAE reconstruction, the sentence as the
+    title) of test ``clips``, each as long as its reference signing (at most ``num_frames``),
+    and the generated poses as ``.npz``."""
     import numpy as np
 
-    from sald_fast.render import save_animation
+    from sald_fast.eval.evaluate import reference_poses, vae_reconstruct
+    from sald_fast.render import save_side_by_side
 
     out_dir = run / "samples"
     out_dir.mkdir(parents=True, exist_ok=True)
+    ref_pos, lengths, texts, feats = reference_poses(clips, num_frames, device=model.device, progress=False,
+                                                     with_features=True)
+    lengths = [int(n) for n in lengths]
     result = model.generate(texts, num_frames=max(lengths), seed=0, progress=progress, lengths=lengths)
+    with torch.no_grad():
+        model.vae.eval()
+        recon = vae_reconstruct(model.vae, feats, progress=False)
     written = []
     fps = float(model.config.train.fps)
     for i, text in enumerate(texts):
+        n = lengths[i]
         stem = f"sample_{i:02d}"
-        arrays = {k: np.asarray(v[i][:lengths[i]]) for k, v in result.smplx.items()}
-        arrays["joint_positions"] = result.positions[i][:lengths[i]].detach().cpu().numpy()
+        arrays = {k: np.asarray(v[i][:n]) for k, v in result.smplx.items()}
+        arrays["joint_positions"] = result.positions[i][:n].detach().cpu().numpy()
         np.savez(out_dir / f"{stem}.npz", text=np.array(text), fps=np.array(fps), **arrays)
-        written.append(save_animation(arrays["joint_positions"], out_dir / f"{stem}.mp4", fps=fps, title=text))
+        columns = [("ground truth", ref_pos[i, :n].numpy()), ("generated", arrays["joint_positions"]),
+                   ("VAE reconstruction", recon[i, :n].numpy())]
+        written.append(save_side_by_side(columns, out_dir / f"{stem}.mp4", fps=fps, title=text))
     return written
+
+
+def fit_duration(model, args, log, verbose: bool = True) -> None:
+    """Fit ``model.duration`` (:class:`sald_fast.duration.DurationModel`) on the training
+    sentences' lengths and log its validation fit (Pearson r, mean absolute error in frames)."""
+    import numpy as np
+
+    from sald_fast.duration import DurationModel
+    from train.data import load_split_clips
+
+    t0 = time.time()
+    train = load_split_clips(args.data, args.data_root, args.skip_bad, "train")
+    model.duration = DurationModel.fit(model.text_encoder, [c["text"] for c in train],
+                                       [len(c["global_orient"]) for c in train]).to(model.device)
+    val = load_split_clips(args.data, args.data_root, args.skip_bad, "val")
+    pred = model.predict_num_frames([c["text"] for c in val]).double().numpy()
+    true = np.array([len(c["global_orient"]) for c in val], dtype=np.float64)
+    r = float(np.corrcoef(pred, true)[0, 1]) if len(val) > 1 and pred.std() > 0 else float("nan")
+    mae = float(np.abs(pred - true).mean())
+    seconds = time.time() - t0
+    log.log(event="duration_model", val_pearson_r=round(r, 4), val_mae_frames=round(mae, 2), seconds=round(seconds, 1))
+    if verbose:
+        print(f"duration model: validation r {r:.3f}, mean abs error {mae:.1f} frames ({seconds:.1f} s)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -165,6 +200,8 @@ def main(argv: list[str] | None = None) -> int:
     from sald_fast.pipeline import SignSALD
 
     model = SignSALD(cfg, vae.to(device).eval(), denoiser.to(device).eval(), text_encoder)
+    if cfg.train.duration_model:
+        fit_duration(model, args, log, dist_info.main)
     if dist_info.main:
         model.save(run / "model")
     _mark_done(run, "model", dist_info)
@@ -184,9 +221,7 @@ def main(argv: list[str] | None = None) -> int:
             _mark_done(run, "evaluator", Dist())
     with clock("samples"):
         test_clips = load_split_clips(args.data, args.data_root, args.skip_bad, "test")
-        texts = [c["text"] for c in test_clips[:SAMPLE_TEXTS]]
-        lengths = [min(len(c["global_orient"]), cfg.train.num_frames) for c in test_clips[:SAMPLE_TEXTS]]
-        samples = _write_samples(model, run, texts, lengths, progress)
+        samples = _write_samples(model, run, test_clips[:SAMPLE_TEXTS], cfg.train.num_frames, progress)
     print("samples: " + ", ".join(str(s) for s in samples))
     with clock("evaluation"):
         table = evaluate_run(run, evaluator_dir=args.evaluator, device=device, progress=progress)

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import torch
 
-from sald_fast.checkpoint import load_checkpoint
 from sald_fast.config import SALDConfig
+from sald_fast.frames import frame_mask, latent_length
 from sald_fast.vae import SkeletonVAE
 
-from .common import Dist, Trainer, add_common_args, config_from_args, default_run_dir, init_distributed, resolve_device
-from .data import load_split_datasets, padding_mask
+from .common import Dist, Trainer, config_from_args, load_stage_model, start_stage
+from .data import load_split_datasets
 
 __all__ = ["train_vae", "load_vae", "main"]
 
@@ -25,7 +25,7 @@ def _fit_normalizer(vae: SkeletonVAE, train_set, max_items: int = 2000) -> None:
     items = [train_set[i] for i in range(0, len(train_set), step)][:n]
     feats = torch.stack([it["features"] for it in items])
     lengths = torch.tensor([it["length"] for it in items])
-    vae.normalizer.fit(feats, mask=padding_mask(lengths, feats.shape[1]))
+    vae.normalizer.fit(feats, mask=frame_mask(lengths, feats.shape[1]))
 
 
 def train_vae(cfg: SALDConfig, args: argparse.Namespace, run_dir: Path, dist_info: Dist, device: torch.device) -> SkeletonVAE:
@@ -36,8 +36,13 @@ def train_vae(cfg: SALDConfig, args: argparse.Namespace, run_dir: Path, dist_inf
 
     def loss_fn(model, batch):
         x = vae.normalizer.normalize(batch["features"])
-        mask = padding_mask(batch["length"], x.shape[1])
-        out = model(x)
+        mask = frame_mask(batch["length"], x.shape[1])
+        # training: eps per sample, keyed by (seed, step, dataset index), the same on any rank / world size;
+        # validation batches carry no "rng" (eval mode draws nothing)
+        rng = batch.get("rng")
+        noise = None if rng is None else rng.randn((latent_length(x.shape[1]), vae.num_atoms, vae.latent_dim),
+                                                   x.device, x.dtype)
+        out = model(x, noise=noise)
         losses = vae.loss(x, out, mask=mask)
         losses["loss"] = losses["total"]
         return losses
@@ -66,20 +71,13 @@ def train_vae(cfg: SALDConfig, args: argparse.Namespace, run_dir: Path, dist_inf
 
 def load_vae(run_dir: Path, device: torch.device | str = "cpu", which: str = "best", backend: str | None = None) -> SkeletonVAE:
     """The VAE of a run folder (RUN/vae/best by default), frozen and in eval mode."""
-    tensors, config, _ = load_checkpoint(Path(run_dir) / "vae" / which)
-    cfg = SALDConfig.from_dict(config)
-    vae = SkeletonVAE(cfg.vae, backend=backend)
-    vae.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}, strict=True)
+    vae = load_stage_model(run_dir, "vae", which, lambda cfg: SkeletonVAE(cfg.vae, backend=backend))
     vae.requires_grad_(False)
     return vae.to(device).eval()
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = add_common_args(argparse.ArgumentParser(description=__doc__))
-    args = p.parse_args(argv)
-    args.run = default_run_dir(args)
-    dist_info = init_distributed(args.device)
-    device = resolve_device(args.device, dist_info.local_rank)
+    args, dist_info, device = start_stage(__doc__, argv)
     cfg = config_from_args(args)
     run = Path(args.run)
     if dist_info.main:

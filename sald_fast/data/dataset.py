@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..geometry import axis_angle_to_quaternion, quaternion_slerp, quaternion_to_axis_angle
+
 __all__ = [
     "DataError",
     "POSE_FIELDS",
@@ -92,75 +94,6 @@ def check_clip(clip: Mapping[str, Any], source: object = None) -> dict[str, Any]
     return out
 
 
-# --- numpy rotation helpers (float64; quaternions are (w, x, y, z)) -----------------------------
-
-def aa_to_quat(aa: np.ndarray) -> np.ndarray:
-    """Axis-angle (..., 3) -> unit quaternion (..., 4)."""
-    aa = np.asarray(aa, dtype=np.float64)
-    theta = np.linalg.norm(aa, axis=-1, keepdims=True)
-    half = 0.5 * theta
-    small = theta < 1e-6
-    k = np.where(small, 0.5 - theta ** 2 / 48.0, np.sin(half) / np.where(small, 1.0, theta))
-    return np.concatenate([np.cos(half), aa * k], axis=-1)
-
-
-def quat_to_aa(q: np.ndarray) -> np.ndarray:
-    """Quaternion (..., 4), need not be unit -> axis-angle (..., 3) with angle in [0, pi]."""
-    q = np.asarray(q, dtype=np.float64)
-    q = np.where(q[..., :1] < 0, -q, q)
-    w, v = q[..., :1], q[..., 1:]
-    s = np.linalg.norm(v, axis=-1, keepdims=True)
-    angle = 2.0 * np.arctan2(s, w)
-    small = s < 1e-8
-    factor = np.where(small, 2.0 / np.where(small, np.maximum(w, 1e-12), 1.0), angle / np.where(small, 1.0, s))
-    return v * factor
-
-
-def quat_mul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Hamilton product a * b of quaternions (..., 4) (the rotation ``b`` then ``a``)."""
-    aw, ax, ay, az = np.moveaxis(a, -1, 0)
-    bw, bx, by, bz = np.moveaxis(b, -1, 0)
-    return np.stack([aw * bw - ax * bx - ay * by - az * bz,
-                     aw * bx + ax * bw + ay * bz - az * by,
-                     aw * by - ax * bz + ay * bw + az * bx,
-                     aw * bz + ax * by - ay * bx + az * bw], axis=-1)
-
-
-def matrix_to_quat(m: np.ndarray) -> np.ndarray:
-    """Rotation matrix (..., 3, 3) -> unit quaternion (..., 4) (best-conditioned branch)."""
-    m = np.asarray(m, dtype=np.float64)
-    m00, m01, m02 = m[..., 0, 0], m[..., 0, 1], m[..., 0, 2]
-    m10, m11, m12 = m[..., 1, 0], m[..., 1, 1], m[..., 1, 2]
-    m20, m21, m22 = m[..., 2, 0], m[..., 2, 1], m[..., 2, 2]
-    q_abs = np.sqrt(np.maximum(np.stack([1 + m00 + m11 + m22, 1 + m00 - m11 - m22,
-                                         1 - m00 + m11 - m22, 1 - m00 - m11 + m22], -1), 0.0))
-    cand = np.stack([
-        np.stack([q_abs[..., 0] ** 2, m21 - m12, m02 - m20, m10 - m01], -1),
-        np.stack([m21 - m12, q_abs[..., 1] ** 2, m10 + m01, m02 + m20], -1),
-        np.stack([m02 - m20, m10 + m01, q_abs[..., 2] ** 2, m12 + m21], -1),
-        np.stack([m10 - m01, m20 + m02, m21 + m12, q_abs[..., 3] ** 2], -1),
-    ], -2) / (2.0 * np.maximum(q_abs, 0.1))[..., None]
-    best = np.take_along_axis(cand, q_abs.argmax(-1)[..., None, None], axis=-2)[..., 0, :]
-    return best / np.linalg.norm(best, axis=-1, keepdims=True)
-
-
-def quat_slerp(q0: np.ndarray, q1: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """Spherical interpolation of unit quaternions (..., 4) with weights ``w`` (...) in [0, 1]
-    along the shorter arc."""
-    dot = (q0 * q1).sum(-1, keepdims=True)
-    q1 = np.where(dot < 0, -q1, q1)
-    dot = np.clip(np.abs(dot), 0.0, 1.0)
-    w = np.asarray(w, dtype=np.float64)[..., None]
-    theta = np.arccos(dot)
-    sin = np.sin(theta)
-    near = sin < 1e-6
-    safe = np.where(near, 1.0, sin)
-    a = np.where(near, 1.0 - w, np.sin((1.0 - w) * theta) / safe)
-    b = np.where(near, w, np.sin(w * theta) / safe)
-    q = a * q0 + b * q1
-    return q / np.linalg.norm(q, axis=-1, keepdims=True)
-
-
 def resample_clip(clip: Mapping[str, Any], fps: float) -> dict[str, Any]:
     """Resample a clip to ``fps`` frames per second.
 
@@ -183,12 +116,11 @@ def resample_clip(clip: Mapping[str, Any], fps: float) -> dict[str, Any]:
     i1 = np.minimum(i0 + 1, T - 1)
     w = pos - i0
     for field in ("global_orient", "body_pose", "left_hand_pose", "right_hand_pose"):
-        x = np.asarray(clip[field], dtype=np.float64)
+        x = torch.from_numpy(np.asarray(clip[field], dtype=np.float64))
         shape = x.shape
-        x = x.reshape(T, -1, 3)
-        q = aa_to_quat(x)
-        qn = quat_slerp(q[i0], q[i1], np.broadcast_to(w[:, None], (n, x.shape[1])))
-        out[field] = quat_to_aa(qn).reshape(n, *shape[1:]).astype(np.float32)
+        q = axis_angle_to_quaternion(x.reshape(T, -1, 3))
+        qn = quaternion_slerp(q[torch.from_numpy(i0)], q[torch.from_numpy(i1)], torch.from_numpy(w)[:, None].expand(n, q.shape[1]))
+        out[field] = quaternion_to_axis_angle(qn).reshape(n, *shape[1:]).numpy().astype(np.float32)
     t = np.asarray(clip["transl"], dtype=np.float64)
     out["transl"] = (t[i0] * (1 - w)[:, None] + t[i1] * w[:, None]).astype(np.float32)
     out["fps"] = fps

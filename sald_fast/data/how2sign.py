@@ -25,21 +25,15 @@ logged (logger ``sald_fast.data.how2sign``) and skipped, and a warning gives the
 (the skipped clips are also in the result's ``.skipped``). Pose files that no table row names
 are ignored.
 
-Converter (the released per-frame format -> this layout)::
+Converter (the How2Sign SMPL-X releases as downloaded -> this layout; the layouts it reads,
+the text table variants and the filtering are described in :mod:`sald_fast.data.release`)::
 
-    python -m sald_fast.data.how2sign convert SRC DST --fps 24 [--skip-bad]
+    python -m sald_fast.data.how2sign convert SRC DST --fps 24 [--skip-bad] [--csv-dir DIR]
+                                      [--min-frames 4] [--max-seconds 30]
     python -m sald_fast.data.how2sign check ROOT [--split train] [--fps 25]
 
-``SRC`` holds one folder per clip (named by its SENTENCE_NAME) of per-frame files (``.npz`` or
-``.pkl``), either in ``SRC/{train,val,test}/`` or directly in ``SRC`` with the split taken from
-the How2Sign CSVs in ``SRC`` (or ``--csv-dir``); the CSVs are copied to ``DST``. Frames are
-ordered by the numbers in their file names. A frame file holds a dict of arrays; recognised
-keys: ``global_orient``/``root_pose``/``smplx_root_pose``, ``body_pose``/``smplx_body_pose``,
-``left_hand_pose``/``lhand_pose``/``smplx_lhand_pose``,
-``right_hand_pose``/``rhand_pose``/``smplx_rhand_pose``, ``transl``/``trans``/``cam_trans``/
-``smplx_transl`` (a missing translation is written as zeros, with a warning), possibly nested
-under ``smplx``/``params`` or in a one-element list. ``.pkl`` files go through a restricted
-unpickler that builds numpy arrays, dicts, lists and scalars and nothing else.
+:func:`read_frame_file` reads one per-frame ``.npz`` or ``.pkl`` (a restricted unpickler that
+builds numpy arrays, dicts, lists and scalars and nothing else).
 """
 
 from __future__ import annotations
@@ -51,10 +45,9 @@ import logging
 import os
 import pickle
 import re
-import shutil
 import sys
-import tempfile
 import warnings
+import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,6 +56,7 @@ from typing import Any
 import numpy as np
 
 from .dataset import POSE_FIELDS, DataError, check_clip, resample_clip
+from .safe_pickle import _reject_objects
 
 __all__ = [
     "DataError",
@@ -103,6 +97,37 @@ class SentenceRow:
     line: int
 
 
+MAX_ARRAY_BYTES = 1 << 30  # a pose or frame array larger than 1 GiB is refused (zip bombs, huge headers)
+
+
+def check_npz_headers(path: Path) -> None:
+    """Before ``np.load`` trusts an ``.npz``: every member's ``.npy`` header must declare a plain
+    (non-object) dtype and a shape whose bytes fit the member's size and ``MAX_ARRAY_BYTES``
+    (else numpy would allocate what a corrupted header claims). Raises :class:`DataError`."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            for info in zf.infolist():
+                key = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
+                if info.file_size > MAX_ARRAY_BYTES:
+                    raise DataError(path, key, f"member of {info.file_size} bytes exceeds the {MAX_ARRAY_BYTES}-byte limit")
+                with zf.open(info) as f:
+                    version = np.lib.format.read_magic(f)
+                    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                    shape, _, dtype = read(f)
+                if dtype.hasobject:
+                    raise DataError(path, key, "object arrays are not allowed")
+                count = 1
+                for n in shape:
+                    count *= int(n)
+                if count * dtype.itemsize > info.file_size:
+                    raise DataError(path, key, f"its header declares shape {shape} of {dtype} ({count * dtype.itemsize} "
+                                    f"bytes) but the member holds {info.file_size} bytes")
+    except DataError:
+        raise
+    except Exception as e:  # not a zip, truncated, bad magic or header
+        raise DataError(path, "file", f"cannot read as .npz: {type(e).__name__}: {str(e)[:200]}") from None
+
+
 def _check_split(split: str) -> str:
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
@@ -125,6 +150,13 @@ def read_sentence_csv(path: str | os.PathLike) -> list[SentenceRow]:
         text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as e:
         raise DataError(path, "file", f"cannot read: {e}") from None
+    try:
+        return _parse_sentence_table(path, text)
+    except csv.Error as e:  # e.g. a field longer than csv.field_size_limit(), a NUL byte
+        raise DataError(path, "file", f"not a readable tab-separated table: {e}") from None
+
+
+def _parse_sentence_table(path: Path, text: str) -> list[SentenceRow]:
     reader = csv.reader(io.StringIO(text), delimiter="\t", quoting=csv.QUOTE_NONE)
     header = next(reader, None)
     if header is None:
@@ -132,7 +164,8 @@ def read_sentence_csv(path: str | os.PathLike) -> list[SentenceRow]:
     header = [h.strip() for h in header]
     missing = [c for c in _REQUIRED_COLUMNS if c not in header]
     if missing:
-        raise DataError(path, missing[0], f"column missing from the header {header} (tab-separated?)")
+        shown = header if len(header) <= 12 else header[:12] + [f"... {len(header) - 12} more"]
+        raise DataError(path, missing[0], f"column missing from the header {[h[:40] for h in shown]} (tab-separated?)")
     i_name, i_sent = header.index("SENTENCE_NAME"), header.index("SENTENCE")
     rows: list[SentenceRow] = []
     seen: dict[str, int] = {}
@@ -157,6 +190,7 @@ def read_clip_file(path: str | os.PathLike, text: str, name: str | None = None,
     path = Path(path)
     if not path.is_file():
         raise DataError(path, "file", "missing")
+    check_npz_headers(path)
     try:
         archive = np.load(path, allow_pickle=False)
     except Exception as e:  # truncated zip, not a zip, pickled data...
@@ -248,23 +282,13 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
                                      "scalars only)")
 
 
-def _reject_objects(obj: Any, path: Path, key: str = "") -> None:
-    if isinstance(obj, np.ndarray) and obj.dtype.hasobject:
-        raise DataError(path, key or "file", "object arrays are not allowed")
-    if isinstance(obj, dict):
-        for k, v in obj.items():
-            _reject_objects(v, path, str(k))
-    elif isinstance(obj, (list, tuple)):
-        for v in obj:
-            _reject_objects(v, path, key)
-
-
 def read_frame_file(path: str | os.PathLike) -> Any:
     """The content of a per-frame ``.npz`` (dict of arrays) or ``.pkl`` (restricted unpickler)."""
     path = Path(path)
     suffix = path.suffix.lower()
     try:
         if suffix == ".npz":
+            check_npz_headers(path)
             with np.load(path, allow_pickle=False) as z:
                 return {k: z[k] for k in z.files}
         if suffix == ".pkl":
@@ -279,132 +303,29 @@ def read_frame_file(path: str | os.PathLike) -> Any:
     raise DataError(path, "file", f"unsupported frame file type {suffix!r} (use .npz or .pkl)")
 
 
-_ALIASES = {
-    "global_orient": ("global_orient", "root_pose", "smplx_root_pose"),
-    "body_pose": ("body_pose", "smplx_body_pose"),
-    "left_hand_pose": ("left_hand_pose", "lhand_pose", "smplx_lhand_pose"),
-    "right_hand_pose": ("right_hand_pose", "rhand_pose", "smplx_rhand_pose"),
-    "transl": ("transl", "trans", "cam_trans", "smplx_transl"),
-}
-
-
-def _frame_params(obj: Any, path: Path) -> tuple[dict[str, np.ndarray], bool]:
-    """Per-frame SMPL-X fields (flat arrays) and whether a translation was present."""
-    for _ in range(3):  # unwrap [dict] and {"smplx": dict} / {"params": dict}
-        if isinstance(obj, (list, tuple)) and len(obj) == 1:
-            obj = obj[0]
-        elif isinstance(obj, dict) and not any(a in obj for al in _ALIASES.values() for a in al):
-            inner = [obj[k] for k in ("smplx", "params", "smplx_params") if isinstance(obj.get(k), dict)]
-            if not inner:
-                break
-            obj = inner[0]
-    if not isinstance(obj, dict):
-        raise DataError(path, "file", f"expected a dict of SMPL-X parameters, got {type(obj).__name__}")
-    out: dict[str, np.ndarray] = {}
-    has_transl = True
-    for field, aliases in _ALIASES.items():
-        key = next((a for a in aliases if a in obj), None)
-        size = 3 * int(np.prod(POSE_FIELDS[field][:-1])) if len(POSE_FIELDS[field]) == 2 else 3
-        if key is None:
-            if field == "transl":
-                out[field], has_transl = np.zeros(3, np.float32), False
-                continue
-            raise DataError(path, field, f"missing (looked for {list(aliases)}; keys present: {sorted(map(str, obj))})")
-        value = np.asarray(obj[key])
-        if value.dtype.kind not in "fiu":
-            raise DataError(path, field, f"key {key!r} must be numeric, got dtype {value.dtype}")
-        if value.size != size:
-            hint = " (PCA hand poses are not supported: export full axis-angle)" if "hand" in field else ""
-            raise DataError(path, field, f"key {key!r} must hold {size} values for one frame, "
-                            f"got shape {value.shape}{hint}")
-        out[field] = value.reshape(-1).astype(np.float32)
-    return out, has_transl
-
-
-def _natural_key(name: str) -> tuple:
-    return tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name))
-
-
-def _convert_clip(folder: Path, fps: float) -> tuple[dict[str, np.ndarray], bool]:
-    files = sorted((p for p in folder.iterdir() if p.suffix.lower() in (".npz", ".pkl") and p.is_file()),
-                   key=lambda p: _natural_key(p.name))
-    if not files:
-        raise DataError(folder, "file", "no per-frame .npz/.pkl files in the clip folder")
-    frames = [_frame_params(read_frame_file(p), p) for p in files]
-    arrays = {f: np.stack([fr[0][f] for fr in frames]) for f in _ALIASES}
-    arrays["body_pose"] = arrays["body_pose"].reshape(-1, 21, 3)
-    arrays["left_hand_pose"] = arrays["left_hand_pose"].reshape(-1, 15, 3)
-    arrays["right_hand_pose"] = arrays["right_hand_pose"].reshape(-1, 15, 3)
-    clip = check_clip({**arrays, "fps": fps, "text": "-", "name": folder.name}, source=folder)
-    return {f: clip[f] for f in POSE_FIELDS}, all(fr[1] for fr in frames)
-
-
-def _write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def convert_how2sign(src: str | os.PathLike, dst: str | os.PathLike, fps: float,
-                     csv_dir: str | os.PathLike | None = None, skip_bad: bool = False) -> dict[str, int]:
-    """Convert per-frame SMPL-X files (see the module docstring) into the loader's layout.
+                     csv_dir: str | os.PathLike | None = None, skip_bad: bool = False,
+                     min_frames: int = 4, max_seconds: float = 30.0, progress: bool = False) -> dict[str, int]:
+    """Convert a How2Sign SMPL-X release into the loader's layout (the layouts it reads, the
+    filtering and the output: :mod:`sald_fast.data.release`).
 
-    ``fps``: the frame rate of the source frames (stored in every output file). Returns the
-    number of clips written per split (and ``"skipped"``). Bad clips raise :class:`DataError`,
-    or with ``skip_bad`` are logged, skipped and counted.
+    ``fps``: the frame rate of clips whose table row gives none. Returns the number of clips
+    written per split and ``"skipped"`` (bad clips); the full report (dropped and unmatched
+    clips by name) is the returned dict's ``.report``.
     """
-    src, dst = Path(src), Path(dst)
-    fps = float(fps)
-    if not (np.isfinite(fps) and fps > 0):
-        raise ValueError(f"fps must be a positive number, got {fps!r}")
-    if not src.is_dir():
-        raise DataError(src, "root", "not a directory")
-    csv_root = Path(csv_dir) if csv_dir is not None else src
-    tables = {s: csv_path(csv_root, s) for s in SPLITS if csv_path(csv_root, s).is_file()}
-    jobs: list[tuple[str, Path]] = []
-    if any((src / s).is_dir() for s in SPLITS):
-        for s in SPLITS:
-            if (src / s).is_dir():
-                jobs += [(s, d) for d in sorted((src / s).iterdir(), key=lambda p: p.name) if d.is_dir()]
-    else:
-        if not tables:
-            raise DataError(csv_root, "file", "no split folders in SRC and no how2sign_realigned_<split>.csv to "
-                            "assign clips to splits")
-        split_of = {row.name: s for s, t in tables.items() for row in read_sentence_csv(t)}
-        for d in sorted((p for p in src.iterdir() if p.is_dir()), key=lambda p: p.name):
-            if d.name in split_of:
-                jobs.append((split_of[d.name], d))
-            else:
-                log.warning("clip folder %s is in no sentence table: not converted", d)
-    counts = {s: 0 for s in SPLITS} | {"skipped": 0}
-    no_transl = 0
-    for split, folder in jobs:
-        try:
-            arrays, has_transl = _convert_clip(folder, fps)
-        except DataError as e:
-            if not skip_bad:
-                raise
-            log.warning("skipping bad clip folder %s: %s", folder, e)
-            counts["skipped"] += 1
-            continue
-        no_transl += not has_transl
-        _write_npz(dst / split / f"{folder.name}.npz", {**arrays, "fps": np.array(fps, dtype=np.float32)})
-        counts[split] += 1
-    for s, t in tables.items():
-        dst.mkdir(parents=True, exist_ok=True)
-        if t.resolve() != csv_path(dst, s).resolve():
-            shutil.copyfile(t, csv_path(dst, s))
-    if no_transl:
-        warnings.warn(f"{no_transl} clip(s) had frames without a translation: written as zeros", stacklevel=2)
-    if counts["skipped"]:
-        warnings.warn(f"skipped {counts['skipped']} bad clip folder(s) (each one logged by {log.name})", stacklevel=2)
+    from .release import convert_release
+
+    report = convert_release(src, dst, fps, csv_dir=csv_dir, skip_bad=skip_bad, min_frames=min_frames,
+                             max_seconds=max_seconds, progress=progress)
+    counts = _Counts(report.counts())
+    counts.report = report
     return counts
+
+
+class _Counts(dict):
+    """Counts per split plus the converter's full report as ``.report``."""
+
+    report: Any
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -418,6 +339,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     c.add_argument("--fps", type=float, required=True, help="frame rate of the source frames")
     c.add_argument("--csv-dir", default=None, help="folder of how2sign_realigned_<split>.csv (default SRC)")
     c.add_argument("--skip-bad", action="store_true", help="log, skip and count bad clips instead of stopping")
+    c.add_argument("--min-frames", type=int, default=4, help="drop clips with fewer frames (default 4)")
+    c.add_argument("--max-seconds", type=float, default=30.0, help="drop longer clips (default 30)")
     k = sub.add_parser("check", help="load every split of ROOT and report")
     k.add_argument("root")
     k.add_argument("--split", choices=SPLITS, action="append", help="split(s) to check (default all present)")
@@ -427,8 +350,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     try:
         if args.command == "convert":
-            counts = convert_how2sign(args.src, args.dst, args.fps, csv_dir=args.csv_dir, skip_bad=args.skip_bad)
-            print(" ".join(f"{k}={v}" for k, v in counts.items()))
+            counts = convert_how2sign(args.src, args.dst, args.fps, csv_dir=args.csv_dir, skip_bad=args.skip_bad,
+                                      min_frames=args.min_frames, max_seconds=args.max_seconds, progress=True)
+            print(counts.report.summary(args.min_frames, args.max_seconds))
         else:
             splits = args.split or [s for s in SPLITS if csv_path(args.root, s).is_file()]
             if not splits:

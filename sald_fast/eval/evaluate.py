@@ -45,7 +45,7 @@ from typing import Any, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from .metrics import bleu4, fid, frechet_distance, gaussian_stats, mpjpe, rouge_l
+from .metrics import bleu4, dtw_mje, fid, frechet_distance, gaussian_stats, mpjpe, rouge_l
 from .models import PoseEvaluator, WordTokenizer
 
 __all__ = [
@@ -57,6 +57,7 @@ __all__ = [
     "reference_poses",
     "time_aligned_poses",
     "score_poses",
+    "dtw_columns",
     "generate_poses",
     "vae_reconstruct",
     "reconstruction_mpjpe",
@@ -69,13 +70,10 @@ __all__ = [
 ALTERNATE_ROW = "Another signing, same sentence"
 ALTERNATE_SEED = 1  # signer-variation seed of the built-in alternate renditions made by evaluate_run
 ROWS = ("Mean pose", "Sign-SALD", "VAE reconstruction", ALTERNATE_ROW, "Ground truth")
-COLUMNS = ("BLEU-4", "ROUGE-L", "FID", "MPJPE")
+COLUMNS = ("BLEU-4", "ROUGE-L", "FID", "MPJPE", "DTW-MJE", "PA-DTW-MJE")
 _LABELS = {"Mean pose": "Mean pose (lower bound)", "Ground truth": "Ground truth (ceiling)"}
-_HEADER = {"BLEU-4": "BLEU-4 ↑", "ROUGE-L": "ROUGE ↑", "FID": "FID ↓", "MPJPE": "MPJPE (mm) ↓"}
-
-
-def _valid_mask(lengths: torch.Tensor, frames: int) -> torch.Tensor:
-    return torch.arange(frames, device=lengths.device)[None] < lengths[:, None]
+_HEADER = {"BLEU-4": "BLEU-4 ↑", "ROUGE-L": "ROUGE ↑", "FID": "FID ↓", "MPJPE": "MPJPE (mm) ↓", "DTW-MJE": "DTW-MJE (mm) ↓",
+           "PA-DTW-MJE": "PA-DTW-MJE (mm) ↓"}
 
 
 def _hold_last_frame(positions: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -176,10 +174,12 @@ def time_aligned_poses(clips: Sequence[dict], target_frames: Sequence[int], num_
 @torch.no_grad()
 def score_poses(evaluator: PoseEvaluator, positions: torch.Tensor, lengths: torch.Tensor, references: Sequence[str],
                 reference_positions: torch.Tensor | None = None, reference_features: torch.Tensor | None = None,
-                *, batch_size: int = 64, progress: bool = True, desc: str = "score") -> dict[str, Any]:
+                *, batch_size: int = 64, progress: bool = True, desc: str = "score",
+                dtw_procrustes: bool = False) -> dict[str, Any]:
     """BLEU-4, ROUGE-L, FID (vs the evaluator's training-split fit, and vs ``reference_features``)
-    and MPJPE (vs ``reference_positions``) of poses (M, N, 44, 3); also the translations
-    (``"hypotheses"``) and FID features (``"features"`` (M, E)).
+    and MPJPE and DTW-MJE (vs ``reference_positions``, same ``lengths``; also PA-DTW-MJE with
+    ``dtw_procrustes``) of poses (M, N, 44, 3); also the translations (``"hypotheses"``) and
+    FID features (``"features"`` (M, E)).
 
     ``references``: the sentences (normalised here with :meth:`WordTokenizer.normalize`).
     """
@@ -206,7 +206,18 @@ def score_poses(evaluator: PoseEvaluator, positions: torch.Tensor, lengths: torc
         row["FID (vs test)"] = fid(features, reference_features)
     if reference_positions is not None:
         row["MPJPE"] = mpjpe(positions, reference_positions, lengths)
+        row.update(dtw_columns(positions, lengths, reference_positions, lengths, dtw_procrustes))
     return {"row": row, "hypotheses": hyps, "features": features}
+
+
+def dtw_columns(positions: torch.Tensor, lengths: torch.Tensor, reference_positions: torch.Tensor,
+                reference_lengths: torch.Tensor, procrustes: bool = False) -> dict[str, float]:
+    """``{"DTW-MJE": mm}`` (and ``"PA-DTW-MJE"`` with ``procrustes``) of poses (M, N, J, 3) with
+    ``lengths`` (M,) against references (M, N', J, 3) with ``reference_lengths`` (M,)."""
+    out = {"DTW-MJE": dtw_mje(positions, reference_positions, lengths, reference_lengths)}
+    if procrustes:
+        out["PA-DTW-MJE"] = dtw_mje(positions, reference_positions, lengths, reference_lengths, procrustes=True)
+    return out
 
 
 def generate_poses(model, texts: Sequence[str], lengths: torch.Tensor, num_frames: int, *, seed: int = 0,
@@ -284,7 +295,8 @@ def _load_model(model, device, backend: str | None = "auto"):
 def evaluate(model, evaluator: PoseEvaluator | str | Path, clips: Sequence[dict], *, num_samples: int | None = None,
              seed: int = 0, steps: int | None = None, guidance: float | None = None, batch_size: int = 32,
              device: torch.device | str | None = None, progress: bool = True, include_vae: bool = True,
-             alternate_clips: Sequence[dict] | None = None, backend: str | None = "auto") -> dict[str, Any]:
+             alternate_clips: Sequence[dict] | None = None, dtw_procrustes: bool = False, videos: int = 0,
+             video_dir: str | Path | None = None, backend: str | None = "auto") -> dict[str, Any]:
     """Evaluate a SignSALD (or its run/model folder; ``None``: only the bounds) on test ``clips``.
 
     ``backend``: the :mod:`sald_fast.ops` backend a model loaded from a folder runs (default
@@ -303,12 +315,29 @@ def evaluate(model, evaluator: PoseEvaluator | str | Path, clips: Sequence[dict]
     which no other row gets either), so this MPJPE is the floor for a model that signs the
     sentence correctly but not exactly like the one reference.
 
+    DTW-MJE (:func:`sald_fast.eval.metrics.dtw_mje`) matches each row's frames to the
+    reference's by dynamic time warping (the alternate row at its own length); the
+    Procrustes-aligned variant (PA-DTW-MJE, one similarity transform per frame pair) costs
+    an SVD per frame pair and is computed only with ``dtw_procrustes=True``.
+
     Test clips longer than ``num_frames`` are cropped to their first frames (the metrics then
     see only the beginning of those sentences): a warning gives their number, also recorded
     in ``settings["cropped_clips"]`` (and ``settings["cropped_alternate_clips"]``).
 
-    Returns dict(rows={row: {BLEU-4, ROUGE-L, FID, FID (vs test), MPJPE}}, settings, examples).
+    A model with a duration model (``model.duration``) also gets ``settings["duration_mae_frames"]``:
+    the mean absolute error of its predicted lengths against the test clips' whole lengths.
+
+    ``videos``: write side-by-side videos (ground truth | generated | VAE reconstruction, the
+    sentence as the title) of the first ``videos`` test sentences to ``video_dir`` as
+    ``video_00.mp4``, ...; their paths are listed in ``settings["videos"]``.
+
+    Returns dict(rows={row: {BLEU-4, ROUGE-L, FID, FID (vs test), MPJPE, DTW-MJE[, PA-DTW-MJE]}},
+    settings, examples).
     """
+    if isinstance(videos, bool) or not isinstance(videos, int) or videos < 0:
+        raise ValueError(f"videos must be an int >= 0, got {videos!r}")
+    if videos and video_dir is None:
+        raise ValueError("videos > 0 needs a video_dir to write them to")
     if isinstance(evaluator, (str, Path)):
         evaluator = PoseEvaluator.load(evaluator, device=device or "cpu")
     elif device is not None:
@@ -339,7 +368,7 @@ def evaluate(model, evaluator: PoseEvaluator | str | Path, clips: Sequence[dict]
         warnings.warn(f"evaluate: {len(cropped)} of {len(clips)} test clips are longer than the evaluator's "
                       f"num_frames={num_frames} (longest {max(cropped)} frames) and are cropped to their first "
                       f"{num_frames} frames: their metrics do not cover the whole sentence", stacklevel=2)
-    common = dict(batch_size=batch_size, progress=progress)
+    common = dict(batch_size=batch_size, progress=progress, dtw_procrustes=dtw_procrustes)
     gt = score_poses(evaluator, ref_pos, lengths, texts, ref_pos, **common, desc="score ground truth")
     gt["row"]["FID (vs test)"] = 0.0
     candidates: dict[str, torch.Tensor] = {}
@@ -364,6 +393,7 @@ def evaluate(model, evaluator: PoseEvaluator | str | Path, clips: Sequence[dict]
                           desc="score another signing")
         aligned = time_aligned_poses(alt_clips, [_clip_frames(c) for c in clips], num_frames, progress=progress)
         alt["row"]["MPJPE"] = mpjpe(aligned, ref_pos, lengths)
+        alt["row"].update(dtw_columns(alt_pos, alt_len, ref_pos, lengths, dtw_procrustes))
         scored[ALTERNATE_ROW] = alt
         alt_cropped = sum(_clip_frames(a) > num_frames for a in alt_clips)
     rows = {name: scored[name]["row"] for name in ROWS if name in scored}
@@ -378,31 +408,63 @@ def evaluate(model, evaluator: PoseEvaluator | str | Path, clips: Sequence[dict]
                 "guidance": guidance, "batch_size": batch_size, "dataset": evaluator.meta.get("dataset"),
                 "fid_reference": f"training split ({evaluator.meta.get('real_count', '?')} clips)",
                 "cropped_clips": len(cropped)}
+    if model is not None and getattr(model, "duration", None) is not None:
+        pred = model.predict_num_frames(texts).double()
+        true = torch.tensor([_clip_frames(c) for c in clips], dtype=torch.float64)
+        settings["duration_mae_frames"] = float((pred - true).abs().mean())
+    if videos:
+        fps = float(getattr(getattr(getattr(model, "config", None), "train", None), "fps", 25.0))
+        settings["videos"] = [str(p) for p in write_side_by_side_videos(ref_pos, candidates, lengths, texts, video_dir,
+                                                                         videos, fps)]
     if alt_cropped is not None:
         settings["cropped_alternate_clips"] = int(alt_cropped)
         settings["alternate_mpjpe"] = "alternate resampled linearly in time to the reference's length"
     return {"rows": rows, "settings": settings, "examples": examples}
 
 
+def write_side_by_side_videos(ref_pos: torch.Tensor, candidates: dict[str, torch.Tensor], lengths: torch.Tensor,
+                              texts: Sequence[str], out_dir: str | Path, count: int, fps: float = 25.0) -> list[Path]:
+    """Side-by-side videos ``out_dir/video_00.mp4``, ... of the first ``count`` sentences: the
+    reference ``ref_pos`` (B, N, 44, 3), then ``candidates["Sign-SALD"]`` and
+    ``candidates["VAE reconstruction"]`` where present, each cropped to ``lengths`` (B,)."""
+    from sald_fast.render import save_side_by_side
+
+    out_dir = Path(out_dir)
+    columns = [("ground truth", ref_pos)] + [(label, candidates[name]) for name, label in
+                                             (("Sign-SALD", "generated"), ("VAE reconstruction", "VAE reconstruction"))
+                                             if name in candidates]
+    written = []
+    for i in range(min(count, len(texts))):
+        n = int(lengths[i])
+        seqs = [(label, pos[i, :n].detach().float().cpu().numpy()) for label, pos in columns]
+        written.append(save_side_by_side(seqs, out_dir / f"video_{i:02d}.mp4", fps=fps, title=texts[i]))
+    return written
+
+
 def format_table(results: dict[str, Any]) -> str:
     """The paper's Table 1 (Markdown) from :func:`evaluate`'s result."""
     rows = results["rows"]
-    lines = ["| Methods | " + " | ".join(_HEADER[c] for c in COLUMNS) + " |",
-             "| --- | " + " | ".join("---:" for _ in COLUMNS) + " |"]
+    columns = [c for c in COLUMNS if c != "PA-DTW-MJE" or any(c in r for r in rows.values())]  # PA: opt-in
+    lines = ["| Methods | " + " | ".join(_HEADER[c] for c in columns) + " |",
+             "| --- | " + " | ".join("---:" for _ in columns) + " |"]
     for name in ROWS:
         if name in rows:
-            cells = [f"{rows[name][c]:.2f}" if c in rows[name] else "-" for c in COLUMNS]
+            cells = [f"{rows[name][c]:.2f}" if c in rows[name] else "-" for c in columns]
             lines.append(f"| {_LABELS.get(name, name)} | " + " | ".join(cells) + " |")
     s = results.get("settings", {})
     note = (f"\n{s.get('num_samples', '?')} test sentences of {s.get('dataset') or 'the dataset'}, "
             f"{s.get('num_frames', '?')} frames; back-translation BLEU-4 / ROUGE-L F1 (0-100); FID against the "
-            f"{s.get('fid_reference', 'training split')}; MPJPE root-aligned. Seed {s.get('seed', 0)}"
+            f"{s.get('fid_reference', 'training split')}; MPJPE root-aligned; DTW-MJE: root-aligned mean joint "
+            f"error along the best time warping to the reference, per reference frame. Seed {s.get('seed', 0)}"
             + (f", {s['steps']} sampling steps" if s.get("steps") else "")
             + (f", guidance {s['guidance']}" if s.get("guidance") is not None else "") + ".")
     if ALTERNATE_ROW in rows:
         note += (f" {ALTERNATE_ROW}: the corpus generator's second rendition of each test sentence (another signer "
                  "variation), what a perfect model could score; its MPJPE after linearly resampling it in time to "
                  "the reference's length.")
+    if s.get("duration_mae_frames") is not None:
+        note += (f" Sentence length predicted from the text (duration model): mean absolute error "
+                 f"{s['duration_mae_frames']:.1f} frames (Sign-SALD rows are generated at the reference lengths).")
     if s.get("cropped_clips"):
         note += (f" {s['cropped_clips']} test clips were longer than {s.get('num_frames', '?')} frames and were "
                  "cropped (only their beginning is scored).")
@@ -428,7 +490,8 @@ def write_results(results: dict[str, Any], run_dir: str | Path) -> tuple[Path, P
 def evaluate_run(run: str | Path, *, evaluator_dir: str | Path | None = None, num_samples: int | None = None,
                  steps: int | None = None, seed: int = 0, guidance: float | None = None,
                  device: torch.device | str | None = None, progress: bool = True, clips: Sequence[dict] | None = None,
-                 batch_size: int = 32, backend: str | None = "auto") -> str:
+                 batch_size: int = 32, dtw_procrustes: bool = False, videos: int = 0,
+                 backend: str | None = "auto") -> str:
     """Evaluate the run folder of ``python -m train.full`` (its ``model/``) with the evaluator in
     ``evaluator_dir`` (default ``RUN/evaluator``) on the test split of the evaluator's dataset (or
     ``clips``); writes ``RUN/eval.json`` and ``RUN/eval.md`` and returns the Markdown table.
@@ -437,7 +500,7 @@ def evaluate_run(run: str | Path, *, evaluator_dir: str | Path | None = None, nu
     added: :func:`sald_fast.data.builtin.alternate_renditions` (seed
     :data:`ALTERNATE_SEED`) of the same test clips (skipped with a warning if some clip is not a
     sentence of the built-in grammar). Other datasets (How2Sign) have no second rendition: no row.
-    ``backend``: the :mod:`sald_fast.ops` backend of the loaded model (default ``"auto"``).
+    ``videos``: side-by-side videos of the first ``videos`` test sentences go to ``RUN/videos/``.
     """
     run = Path(run)
     if not run.exists():
@@ -465,6 +528,7 @@ def evaluate_run(run: str | Path, *, evaluator_dir: str | Path | None = None, nu
             warnings.warn(f"no '{ALTERNATE_ROW}' row: {e}", stacklevel=2)
     results = evaluate(run, evaluator, clips, num_samples=num_samples, seed=seed, steps=steps, guidance=guidance,
                        batch_size=batch_size, device=device, progress=progress, alternate_clips=alternate,
+                       dtw_procrustes=dtw_procrustes, videos=videos, video_dir=run / "videos",
                        backend=backend)
     if alternate is not None:
         results["settings"]["alternate_seed"] = ALTERNATE_SEED

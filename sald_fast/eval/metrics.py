@@ -17,10 +17,16 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from ..frames import frame_mask
+
 __all__ = [
     "root_align",
     "mpjpe",
     "mpjpe_per_sequence",
+    "dtw_mje",
+    "dtw_mje_per_sequence",
+    "procrustes_align",
+    "dtw_cost",
     "gaussian_stats",
     "frechet_distance",
     "fid",
@@ -49,14 +55,14 @@ def root_align(positions: torch.Tensor, root_index: int = 0) -> torch.Tensor:
 
 def _frame_mask(lengths, batch: int, frames: int, device: torch.device) -> torch.Tensor:
     if lengths is None:
-        return torch.ones(batch, frames, dtype=torch.bool, device=device)
+        return frame_mask(None, frames, batch=batch, device=device)
     lengths = torch.as_tensor(lengths, device=device)
     if lengths.shape != (batch,) or lengths.is_floating_point():
         raise ValueError(f"lengths must be an integer tensor of shape ({batch},), got {tuple(lengths.shape)} "
                          f"dtype {lengths.dtype}")
     if bool((lengths < 0).any()) or bool((lengths > frames).any()):
         raise ValueError(f"lengths must lie in [0, {frames}], got min {int(lengths.min())} max {int(lengths.max())}")
-    return torch.arange(frames, device=device).view(1, frames) < lengths.view(batch, 1)
+    return frame_mask(lengths, frames)
 
 
 def _joint_errors(pred, target, lengths, root_index: int, align: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -109,6 +115,106 @@ def mpjpe(pred, target, lengths=None, *, root_index: int = 0, align: bool = True
     if count == 0:
         raise ValueError("mpjpe: no valid frames (all lengths are 0)")
     return float(1000.0 * err.sum() / count)
+
+
+def _seq_batch(x, lengths, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, N, J, 3) float64 and (B,) int lengths from (B, N, J, 3) / (N, J, 3) and lengths/None."""
+    x = _as_tensor(x, name).double()
+    if x.ndim == 3:
+        x = x[None]
+        if lengths is not None:
+            lengths = torch.as_tensor(lengths).reshape(1)
+    if x.ndim != 4 or x.shape[-1] != 3 or x.shape[-2] < 2:
+        raise ValueError(f"{name} must have shape (B, N, J, 3) or (N, J, 3) with J >= 2, got {tuple(x.shape)}")
+    mask = _frame_mask(lengths, x.shape[0], x.shape[1], x.device)
+    n = mask.sum(1)
+    if bool((n == 0).any()):
+        raise ValueError(f"{name}: a sequence of length 0 (DTW needs at least one frame on each side)")
+    return x, n
+
+
+def procrustes_align(source: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """``source`` moved onto ``target`` by the best similarity transform (rotation, uniform scale,
+    translation; least squares over joints): (..., J, 3), (..., J, 3) -> (..., J, 3)."""
+    mu_s, mu_t = source.mean(-2, keepdim=True), target.mean(-2, keepdim=True)
+    xs, xt = source - mu_s, target - mu_t
+    u, sv, vh = torch.linalg.svd(xs.transpose(-1, -2) @ xt)  # H = Xs^T Xt (..., 3, 3)
+    d = torch.sign(torch.linalg.det(u @ vh))
+    d = torch.where(d == 0, torch.ones_like(d), d)
+    sv = torch.cat([sv[..., :2], sv[..., 2:] * d[..., None]], -1)
+    u = torch.cat([u[..., :2], u[..., 2:] * d[..., None, None]], -1)
+    rot = u @ vh                                           # row-vector form: x -> x @ rot
+    scale = sv.sum(-1) / xs.pow(2).sum((-1, -2)).clamp_min(1e-12)
+    return scale[..., None, None] * (xs @ rot) + mu_t
+
+
+def dtw_cost(cost) -> np.ndarray:
+    """Accumulated DTW cost table D (B, N, M) of frame-pair costs (B, N, M): D[i, j] is the least
+    total cost of a monotone path from (0, 0) to (i, j) with steps (1, 0), (0, 1), (1, 1).
+
+    Row by row: ``D[i, j] = c[i, j] + min(a[j], D[i, j-1])`` with ``a[j] = min(D[i-1, j-1],
+    D[i-1, j])`` unrolls to ``S[j] + min_{k<=j}(a[k] - S[k-1])`` (S the prefix sums of row i),
+    one running minimum per row.
+    """
+    c = np.asarray(cost, dtype=np.float64)
+    D = np.empty_like(c)
+    D[:, 0] = np.cumsum(c[:, 0], axis=-1)
+    inf = np.full(c.shape[:1] + (1,), np.inf)
+    for i in range(1, c.shape[1]):
+        prev = D[:, i - 1]
+        a = np.minimum(np.concatenate([inf, prev[:, :-1]], -1), prev)
+        S = np.cumsum(c[:, i], axis=-1)
+        D[:, i] = S + np.minimum.accumulate(a - (S - c[:, i]), axis=-1)
+    return D
+
+
+def dtw_mje_per_sequence(pred, target, pred_lengths=None, target_lengths=None, *, root_index: int = 0,
+                         procrustes: bool = False) -> torch.Tensor:
+    """DTW mean joint error of each sequence pair in millimetres: (B,) float64.
+
+    The frames of ``pred`` and ``target`` (lengths may differ) are matched by dynamic time
+    warping (:func:`dtw_cost`) on the per-frame-pair cost "mean joint distance"; the result is
+    the least total cost of a warping path divided by the target's length (the normalisation of
+    the sign-production literature's DTW-MJE, e.g. Progressive Transformers' evaluation).
+    Without ``procrustes`` both are root-aligned per frame and the root is left out of the mean
+    (as in :func:`mpjpe`); with ``procrustes`` each ``pred`` frame is first moved onto each
+    ``target`` frame by the best similarity transform (:func:`procrustes_align`) and all
+    joints count (the PA variant: it ignores global rotation, scale and position).
+
+    Args:
+        pred: (B, N, J, 3) or (N, J, 3) joint positions in metres; target: (B, M, J, 3).
+        pred_lengths, target_lengths: (B,) valid frames (default all).
+    """
+    x, n = _seq_batch(pred, pred_lengths, "pred")
+    y, m = _seq_batch(target, target_lengths, "target")
+    y = y.to(x.device)
+    if x.shape[0] != y.shape[0] or x.shape[-2] != y.shape[-2]:
+        raise ValueError(f"pred {tuple(x.shape)} and target {tuple(y.shape)} need the same batch size and joints")
+    if procrustes:
+        costs = []
+        for xb, yb in zip(x, y):  # one pair at a time: (N, M, J, 3) intermediates
+            src = xb[:, None].expand(-1, yb.shape[0], -1, -1)
+            dst = yb[None].expand(xb.shape[0], -1, -1, -1)
+            costs.append((procrustes_align(src, dst) - dst).norm(dim=-1).mean(-1))
+        cost = torch.stack(costs)
+    else:
+        keep = torch.ones(x.shape[-2], dtype=torch.bool, device=x.device)
+        keep[root_index] = False
+        xa = root_align(x, root_index)[:, :, keep].transpose(1, 2)  # (B, J-1, N, 3)
+        ya = root_align(y, root_index)[:, :, keep].transpose(1, 2)
+        cost = torch.cat([torch.cdist(xa[i:i + 16], ya[i:i + 16], compute_mode="donot_use_mm_for_euclid_dist").mean(1)
+                          for i in range(0, x.shape[0], 16)])  # (B, N, M)
+    D = dtw_cost(cost.cpu().numpy())
+    b = np.arange(D.shape[0])
+    n, m = n.cpu().numpy(), m.cpu().numpy()
+    return torch.from_numpy(1000.0 * D[b, n - 1, m - 1] / m)
+
+
+def dtw_mje(pred, target, pred_lengths=None, target_lengths=None, *, root_index: int = 0,
+            procrustes: bool = False) -> float:
+    """Mean over sequence pairs of :func:`dtw_mje_per_sequence` (mm); same arguments."""
+    return float(dtw_mje_per_sequence(pred, target, pred_lengths, target_lengths, root_index=root_index,
+                                      procrustes=procrustes).mean())
 
 
 def gaussian_stats(features) -> tuple[np.ndarray, np.ndarray]:

@@ -36,6 +36,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..frames import frame_mask
+
 __all__ = ["EvaluatorConfig", "evaluator_config", "EVALUATOR_PRESETS", "WordTokenizer", "PoseEvaluator",
            "CHECKPOINT_KIND"]
 
@@ -241,7 +243,7 @@ class PoseEvaluator(nn.Module):
     def fit_statistics(self, positions: torch.Tensor, lengths: torch.Tensor) -> None:
         """Set the input normalisation and the mean pose from training poses (B, N, J, 3)."""
         positions, lengths = self._check(positions, lengths)
-        valid = torch.arange(positions.shape[1], device=positions.device)[None] < lengths[:, None]
+        valid = frame_mask(lengths, positions.shape[1])
         x = self.flatten_poses(positions.double())[valid]  # (M, J*3)
         mean, std = x.mean(0), x.std(0, unbiased=False)
         self.input_mean.copy_(mean.float())
@@ -252,7 +254,7 @@ class PoseEvaluator(nn.Module):
         """Normalised per-frame inputs (B, N, J*3) (zero past each length) and checked lengths (B,)."""
         positions, lengths = self._check(positions, lengths)
         x = (self.flatten_poses(positions.float()) - self.input_mean) / self.input_std
-        valid = torch.arange(x.shape[1], device=x.device)[None] < lengths[:, None]
+        valid = frame_mask(lengths, x.shape[1])
         return torch.where(valid[..., None], x, torch.zeros_like(x)), lengths  # padding may hold NaN
 
     # --- encoder ---------------------------------------------------------------------------
@@ -264,7 +266,7 @@ class PoseEvaluator(nn.Module):
         t = -(-n // c.patch)
         x = F.pad(x, (0, 0, 0, t * c.patch - n)).reshape(b, t, c.patch * f)
         h = self.patch_proj(x) + self.frame_pos[:t]
-        valid = torch.arange(t, device=x.device)[None] < (-(-lengths // c.patch))[:, None]
+        valid = frame_mask(-(-lengths // c.patch), t)
         memory = self.encoder(h, src_key_padding_mask=~valid)
         w = valid.to(memory.dtype)[..., None]
         pooled = (memory * w).sum(1) / w.sum(1)
@@ -353,7 +355,7 @@ class PoseEvaluator(nn.Module):
     @classmethod
     def load(cls, path: str | Path, device: torch.device | str = "cpu") -> "PoseEvaluator":
         """An evaluator written by :meth:`save`, in eval mode (its ``meta`` dict as ``.meta``)."""
-        from sald_fast.checkpoint import load_checkpoint
+        from sald_fast.checkpoint import CheckpointError, check_state_dict, load_checkpoint
 
         path = Path(path)
         if not path.exists():
@@ -361,8 +363,17 @@ class PoseEvaluator(nn.Module):
                                     "`python -m train.evaluator --out DIR`)")
         tensors, config, meta = load_checkpoint(path)
         if meta.get("kind") != CHECKPOINT_KIND:
-            raise ValueError(f"{str(path)!r} is not an evaluator checkpoint (kind {meta.get('kind')!r})")
-        model = cls(EvaluatorConfig.from_dict(config), meta["vocab"])
+            raise CheckpointError(f"{str(path)!r} is not an evaluator checkpoint (kind {meta.get('kind')!r})")
+        vocab = meta.get("vocab")
+        if not isinstance(vocab, list) or not all(isinstance(w, str) for w in vocab):
+            raise CheckpointError(f"evaluator checkpoint {str(path / 'config.json')!r}: meta 'vocab' must be a list "
+                                  "of words")
+        try:
+            model = cls(EvaluatorConfig.from_dict(config), vocab)
+        except (TypeError, ValueError, KeyError) as exc:
+            raise CheckpointError(f"evaluator checkpoint {str(path / 'config.json')!r} holds an invalid config: "
+                                  f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
+        check_state_dict(tensors, model, path / "model.safetensors", "the evaluator built from its config")
         model.load_state_dict(tensors, strict=True)
         model.meta = {k: v for k, v in meta.items() if k not in ("kind", "vocab")}
         return model.to(device).eval()

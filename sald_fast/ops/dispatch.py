@@ -25,8 +25,8 @@ from typing import Callable, Iterable, Iterator, NamedTuple
 
 import torch
 
-__all__ = ["BACKENDS", "OPS", "IMPLEMENTATIONS", "Inputs", "set_backend", "get_backend", "use_backend", "register", "resolve",
-           "available_backends", "prepare", "backend_report", "backend_line"]
+__all__ = ["BACKENDS", "OPS", "IMPLEMENTATIONS", "Inputs", "set_backend", "get_backend", "use_backend", "register",
+           "resolve", "available_backends", "prepare", "backend_report", "backend_line", "BackendAttribute"]
 
 logger = logging.getLogger("sald_fast.ops")
 
@@ -291,6 +291,32 @@ def prepare(backend: str | None = None, device: torch.device | str | None = None
             if name != "auto" and (not _try_load(name) or name not in _IMPLS[op]):
                 continue  # raises when the op is called
             _choose(op, name, device_type)
+
+
+class BackendAttribute:
+    """Mixin for a model whose ops run on a chosen backend: ``self.backend`` (a name of
+    :data:`BACKENDS`, or None for the process default). Setting it checks the name, calls
+    :meth:`_backend_changed` (e.g. to pass it to submodules) and runs :func:`prepare` for the ops
+    in ``BACKEND_OPS``, so nothing is imported or built inside a ``torch.compile`` trace."""
+
+    BACKEND_OPS: tuple[str, ...] = OPS
+
+    @property
+    def backend(self) -> str | None:
+        """The :mod:`sald_fast.ops` backend of this model's ops (None: the process default)."""
+        return self._backend
+
+    @backend.setter
+    def backend(self, value: str | None) -> None:
+        if value is not None and value not in BACKENDS:
+            raise ValueError(f"unknown backend {value!r}: backend must be None (the process default) "
+                             f"or one of {BACKENDS}")
+        self._backend = value
+        self._backend_changed(value)
+        prepare(value, ops=self.BACKEND_OPS)
+
+    def _backend_changed(self, value: str | None) -> None:
+        """Called after ``backend`` is set (nothing by default)."""
 
 
 def backend_report(device: torch.device | str, backend: str | None = None, *, dtype: torch.dtype | None = None,

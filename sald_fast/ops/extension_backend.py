@@ -88,12 +88,37 @@ def _cache_root() -> Path:
     return Path(root) if root else Path.home() / ".cache" / "sald_fast"
 
 
+STALE_LOCK_SECONDS = 300.0  # a cold build takes about 20 s on 2 CPU cores
+
+
+def _clear_stale_lock(lock: Path, stale_after: float = STALE_LOCK_SECONDS, poll: float = 0.5) -> None:
+    """Wait while another process builds into ``lock``'s folder; remove the lock of a build that
+    died (killed mid-build: the lock is never removed, and torch's loader would wait forever)
+    once it is ``stale_after`` seconds old, with a warning."""
+    announced = False
+    while True:
+        try:
+            age = time.time() - lock.stat().st_mtime
+        except FileNotFoundError:
+            return
+        if age > stale_after:
+            logger.warning("sald_fast: removing the stale build lock %s (%.0f s old: a build was interrupted); "
+                           "rebuilding", lock, age)
+            lock.unlink(missing_ok=True)
+            return
+        if not announced:
+            logger.warning("sald_fast: waiting for another process to finish building the extension (%s)", lock)
+            announced = True
+        time.sleep(poll)
+
+
 def _build(with_cuda: bool, verbose: bool) -> Path:
     """JIT-build (or load the cached build of) the sources into ``<cache>/ext-<hash>``; ImportError on failure."""
     sources = [str(CSRC_DIR / rel) for rel in _CPU_SOURCES + (_CUDA_SOURCES if with_cuda else ())]
     digest = _version_hash(with_cuda)
     build_dir = _cache_root() / f"ext-{digest}"
     build_dir.mkdir(parents=True, exist_ok=True)
+    _clear_stale_lock(build_dir / "lock")
     cflags = list(_CFLAGS) + (["-DSALD_FAST_WITH_CUDA"] if with_cuda else [])
     try:
         cpp_extension.load(name=f"sald_fast_ext_{digest}", sources=sources, build_directory=str(build_dir),

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..frames import frame_mask
 from .dispatch import register
 
 __all__ = [
@@ -62,8 +63,7 @@ def temporal_attention(q, k, v, lengths=None, scale=None):
     perm = (0, 2, 3, 1, 4)  # (B, J, H, N, d)
     mask = None
     if lengths is not None:
-        mask = torch.arange(N, device=q.device).view(1, N) < lengths.view(B, 1).to(q.device)
-        mask = mask.view(B, 1, 1, 1, N)
+        mask = frame_mask(lengths, N, device=q.device).view(B, 1, 1, 1, N)
     o = _attention(q.permute(perm), k.permute(perm), v.permute(perm), mask, scale)
     return o.permute(0, 3, 1, 2, 4).contiguous()
 

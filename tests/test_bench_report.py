@@ -1,0 +1,87 @@
+"""bench.report: the summary's "fastest" (eager included, baselines out) and the README's
+generated benchmark section (it equals what bench.report makes from bench/RESULTS.md)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bench._format import fastest, format_seconds, parse_seconds
+from bench.report import README_BEGIN, README_END, readme_block, resummarize, summary_table, update_readme
+
+ROOT = Path(__file__).resolve().parent.parent
+
+RESULTS = """# Benchmark results
+
+## CPU: test machine
+
+Measured 2026-01-01 by `python -m bench.report` in 1.0 min.
+
+Roofline (measured): copy 10.0 GB/s (128 MiB device copy), matmul 0.1 TFLOP/s (2048^3, float32).
+
+**Summary** (stale):
+
+| group | fastest | median | vs eager | vs torch.compile | roofline |
+|---|---|---|---|---|---|
+| op forward | compiled_reference | 2.00 ms | 0.50x | 1.00x | 5.0% |
+
+### op forward
+
+shape
+
+| implementation | median | vs eager | vs torch.compile | GB/s | TFLOP/s | roofline | rounds |
+|---|---|---|---|---|---|---|---|
+| reference | 1.00 ms | 1.00x | 2.00x | 1.0 | — | 10.0% | 9 |
+| compiled_reference | 2.00 ms | 0.50x | 1.00x | 0.5 | — | 5.0% | 9 |
+
+### agg vs copy
+
+shape
+
+| implementation | median | vs eager | vs torch.compile | GB/s | TFLOP/s | roofline | rounds |
+|---|---|---|---|---|---|---|---|
+| aggregate | 3.00 ms | — | — | 1.0 | — | 10.0% | 9 |
+| copy | 1.50 ms | — | — | 2.0 | — | 20.0% | 9 |
+"""
+
+
+def test_fastest_includes_eager_and_skips_baselines():
+    assert fastest({"reference": 1.0, "compiled_reference": 2.0, "extension": 1.5}) == "reference"
+    assert fastest({"reference": 1.0, "extension": 0.5}) == "extension"
+    assert fastest({"aggregate": 3.0, "copy": 1.0}) == "aggregate"
+    assert fastest({"copy": 1.0}) == "copy"
+
+
+def test_seconds_round_trip():
+    for s in (2.5, 0.01234, 3.2e-5):
+        assert parse_seconds(format_seconds(s)) == pytest.approx(s, rel=1e-2)
+    with pytest.raises(ValueError, match="not a time"):
+        parse_seconds("fast")
+
+
+def test_summary_and_readme_block_from_results():
+    text = resummarize(RESULTS)
+    assert "| op forward | reference | 1.00 ms | 1.00x | 2.00x | 10.0% |" in text
+    assert "| agg vs copy | aggregate | 3.00 ms |" in text
+    assert "(stale)" not in text and "compiled_reference | 2.00 ms | 0.50x" in text  # the group table stays
+    block = readme_block(text)
+    assert block.startswith(README_BEGIN) and block.endswith(README_END)
+    assert "**CPU: test machine**. Measured 2026-01-01" in block and "copy 10.0 GB/s" in block
+    assert summary_table({"g": {"reference": (1.0, "1%"), "fast": (2.0, "2%")}}).endswith("| g | reference | 1.00 s | 1.00x | — | 1% |\n")
+
+
+def test_update_readme_replaces_only_the_marked_section():
+    readme = f"# title\n\nbefore\n\n{README_BEGIN}\nold figures\n{README_END}\n\nafter\n"
+    out = update_readme(readme, f"{README_BEGIN}\nnew\n{README_END}")
+    assert out == f"# title\n\nbefore\n\n{README_BEGIN}\nnew\n{README_END}\n\nafter\n"
+    with pytest.raises(ValueError, match="README.md has no generated benchmark section"):
+        update_readme("# no markers\n", "x")
+
+
+def test_readme_figures_are_generated_from_results():
+    readme = (ROOT / "README.md").read_text()
+    results = (ROOT / "bench" / "RESULTS.md").read_text()
+    begin, end = readme.index(README_BEGIN), readme.index(README_END) + len(README_END)
+    assert readme[begin:end] == readme_block(results), "run: python -m bench.report --readme-only"
+    assert resummarize(results) == results, "run: python -m bench.report --readme-only"
