@@ -22,6 +22,12 @@ __all__ = [
     "SALDConfig",
     "preset",
     "PRESETS",
+    "VARIANTS",
+    "VARIANT_LABELS",
+    "apply_variant",
+    "variant_fields",
+    "variant_name",
+    "variant_difference",
 ]
 
 
@@ -31,6 +37,11 @@ class VAEConfig:
 
     Features per joint: 6D rotation relative to the parent + root translation (zeros on the
     other joints) = ``in_features`` (9). Levels: J=44 joints -> intermediate (20) -> ``num_atoms``.
+
+    ``latent_layout``: "skeletal" (the paper's ST-Latent: one ``latent_dim`` vector per atomic
+    joint and latent frame, (B, N', J', d_z)) or "frame" (Table 3's "w/o ST-Latent": the atomic
+    level's features are flattened into one vector per latent frame, (B, N', 1, J' * d_z), the
+    same number of latent channels with no joint axis).
     """
 
     num_atoms: int = 7
@@ -42,8 +53,21 @@ class VAEConfig:
     w_pos: float = 1.0  # lambda_pos, on positions in metres
     w_vel: float = 1.0  # lambda_vel
     w_kl: float = 1e-4  # lambda_KL
+    latent_layout: str = "skeletal"  # "skeletal" (the paper) or "frame" (w/o ST-Latent)
+
+    @property
+    def latent_tokens(self) -> int:
+        """Tokens per latent frame: J' for the skeletal layout, 1 for the frame layout."""
+        return self.num_atoms if self.latent_layout == "skeletal" else 1
+
+    @property
+    def latent_channels(self) -> int:
+        """Channels per latent token: d_z (skeletal) or J' * d_z (frame)."""
+        return self.latent_dim if self.latent_layout == "skeletal" else self.num_atoms * self.latent_dim
 
     def __post_init__(self) -> None:
+        if self.latent_layout not in ("skeletal", "frame"):
+            raise ValueError(f"VAEConfig.latent_layout must be 'skeletal' or 'frame', got {self.latent_layout!r}")
         self.channels = tuple(int(c) for c in self.channels)
         if len(self.channels) != 3:
             raise ValueError(f"VAEConfig.channels needs 3 entries (one per level), got {self.channels}")
@@ -55,7 +79,15 @@ class VAEConfig:
 
 @dataclass
 class DenoiserConfig:
-    """Sequential-attention denoiser (TempAttn -> SkelAttn -> CrossAttn -> FFN per layer)."""
+    """Sequential-attention denoiser (TempAttn -> SkelAttn -> CrossAttn -> FFN per layer).
+
+    ``num_atoms`` / ``latent_dim``: tokens per latent frame and channels per token, equal to the
+    VAE's ``latent_tokens`` / ``latent_channels`` (1 and J' * d_z for the "frame" latent).
+    The Table 3 switches: ``temporal_attention`` / ``skeletal_attention`` False remove that
+    sub-block (with its LayerNorm and FiLM) from every layer; ``text_conditioning`` "concat"
+    replaces cross-attention by ``Linear([token, sentence feature])`` back to ``dim``, the
+    sentence feature being the mean of the text token features (w/o CrossAttn).
+    """
 
     latent_dim: int = 16
     num_atoms: int = 7
@@ -69,8 +101,17 @@ class DenoiserConfig:
     pos_embedding: str = "learned"  # "learned" or "sinusoidal"
     dropout: float = 0.0
     cond_drop_prob: float = 0.1
+    temporal_attention: bool = True  # False: w/o TempAttn
+    skeletal_attention: bool = True  # False: w/o SkelAttn
+    text_conditioning: str = "cross_attention"  # or "concat" (w/o CrossAttn)
 
     def __post_init__(self) -> None:
+        if self.text_conditioning not in ("cross_attention", "concat"):
+            raise ValueError(f"DenoiserConfig.text_conditioning must be 'cross_attention' or 'concat', "
+                             f"got {self.text_conditioning!r}")
+        if self.num_atoms < 1 or self.latent_dim < 1:
+            raise ValueError(f"DenoiserConfig needs num_atoms >= 1 and latent_dim >= 1, got {self.num_atoms}, "
+                             f"{self.latent_dim}")
         if self.dim % self.num_heads != 0:
             raise ValueError(f"DenoiserConfig.dim ({self.dim}) must be divisible by num_heads ({self.num_heads})")
         if self.skip_tau == 1 or self.skip_tau < 0:
@@ -145,6 +186,10 @@ class TrainConfig:
     num_frames: int = 64  # training window in frames (multiple of 4); longer clips are cropped
     fps: float = 25.0
     max_steps: int | None = None  # cap on optimiser steps per stage (None: epochs decide)
+    # wall-clock budgets (train.ablation): the stage stops after the optimiser steps that fit in this
+    # many minutes at the step time measured on its first batches (None: epochs decide)
+    vae_budget_minutes: float | None = None
+    denoiser_budget_minutes: float | None = None
     ckpt_every: int = 200  # optimiser steps between checkpoints
     duration_model: bool = True  # fit the text -> number-of-frames regressor (sald_fast.duration) in train.full
     num_workers: int = 0
@@ -161,14 +206,17 @@ class SALDConfig:
     name: str = "custom"
 
     def __post_init__(self) -> None:
-        if self.vae.num_atoms != self.denoiser.num_atoms:
+        v, d = self.vae, self.denoiser
+        if (v.latent_tokens, v.latent_channels) != (d.num_atoms, d.latent_dim):
             raise ValueError(
-                f"vae.num_atoms ({self.vae.num_atoms}) != denoiser.num_atoms ({self.denoiser.num_atoms})"
+                f"the VAE's latent ({v.latent_layout} layout: {v.latent_tokens} token(s) x {v.latent_channels} channels "
+                f"per latent frame, from vae.num_atoms={v.num_atoms}, vae.latent_dim={v.latent_dim}) does not match "
+                f"denoiser.num_atoms={d.num_atoms} x denoiser.latent_dim={d.latent_dim}"
             )
-        if self.vae.latent_dim != self.denoiser.latent_dim:
-            raise ValueError(
-                f"vae.latent_dim ({self.vae.latent_dim}) != denoiser.latent_dim ({self.denoiser.latent_dim})"
-            )
+        for name in ("vae_budget_minutes", "denoiser_budget_minutes"):
+            value = getattr(self.train, name)
+            if value is not None and not value > 0:
+                raise ValueError(f"train.{name} must be None or > 0, got {value}")
         if self.train.lr_schedule not in ("constant", "cosine"):
             raise ValueError(f"train.lr_schedule must be 'constant' or 'cosine', got {self.train.lr_schedule!r}")
         if self.train.vae_lr_schedule not in (None, "constant", "cosine"):
@@ -237,6 +285,73 @@ def _paper() -> SALDConfig:
 
 
 PRESETS = {"tiny": _tiny, "paper": _paper}
+
+# The paper's Table 3: each variant as the fields it sets ("section.field": value) on a preset.
+VARIANTS: dict[str, dict[str, Any]] = {
+    "full": {},
+    "no_st_latent": {"vae.latent_layout": "frame", "denoiser.skeletal_attention": False},
+    "no_cross_attn": {"denoiser.text_conditioning": "concat"},
+    "no_temporal_attn": {"denoiser.temporal_attention": False},
+    "no_skeletal_attn": {"denoiser.skeletal_attention": False},
+    "atoms5": {"vae.num_atoms": 5},
+    "atoms9": {"vae.num_atoms": 9},
+    "no_st_latent_cross_attn": {"vae.latent_layout": "frame", "denoiser.skeletal_attention": False,
+                                "denoiser.text_conditioning": "concat"},
+}
+VARIANT_LABELS = {"full": "Full model", "no_st_latent": "w/o ST-Latent", "no_cross_attn": "w/o CrossAttn",
+                  "no_temporal_attn": "w/o TempAttn", "no_skeletal_attn": "w/o SkelAttn", "atoms5": "J'=5",
+                  "atoms9": "J'=9", "no_st_latent_cross_attn": "w/o ST-Latent+CrossAttn"}
+_VARIANT_FIELDS = ("vae.latent_layout", "vae.num_atoms", "denoiser.temporal_attention", "denoiser.skeletal_attention",
+                   "denoiser.text_conditioning")
+
+
+def variant_fields(cfg: SALDConfig) -> dict[str, Any]:
+    """The architecture switches of Table 3 in ``cfg``: ``{"vae.latent_layout": ..., "vae.num_atoms": ...,
+    "denoiser.temporal_attention": ..., "denoiser.skeletal_attention": ..., "denoiser.text_conditioning": ...}``."""
+    out = {}
+    for key in _VARIANT_FIELDS:
+        section, name = key.split(".")
+        out[key] = getattr(getattr(cfg, section), name)
+    return out
+
+
+def apply_variant(cfg: SALDConfig, name: str) -> SALDConfig:
+    """A copy of ``cfg`` (a full model) turned into Table 3's variant ``name`` (a key of
+    :data:`VARIANTS`); the denoiser's token shape follows the VAE's latent. The config's ``name``
+    gets the suffix ``+name`` (not for "full")."""
+    if name not in VARIANTS:
+        raise ValueError(f"unknown variant {name!r}; choose from {list(VARIANTS)}")
+    if variant_name(cfg) != "full":
+        raise ValueError(f"apply_variant needs a full-model config, got variant {variant_name(cfg)!r}")
+    d = cfg.to_dict()
+    for key, value in VARIANTS[name].items():
+        section, field_name = key.split(".")
+        d[section][field_name] = value
+    vae = VAEConfig(**d["vae"])
+    d["denoiser"]["num_atoms"], d["denoiser"]["latent_dim"] = vae.latent_tokens, vae.latent_channels
+    if name != "full":
+        d["name"] = f"{cfg.name}+{name}"
+    return SALDConfig.from_dict(d)
+
+
+def variant_name(cfg: SALDConfig) -> str:
+    """The key of :data:`VARIANTS` whose switches ``cfg`` has (J'=7 with everything on is "full"),
+    or "custom" for a combination Table 3 does not have."""
+    have = variant_fields(cfg)
+    base = {"vae.latent_layout": "skeletal", "vae.num_atoms": 7, "denoiser.temporal_attention": True,
+            "denoiser.skeletal_attention": True, "denoiser.text_conditioning": "cross_attention"}
+    for name, changes in VARIANTS.items():
+        if {**base, **changes} == have:
+            return name
+    return "custom"
+
+
+def variant_difference(a: dict[str, Any] | SALDConfig, b: dict[str, Any] | SALDConfig) -> str:
+    """The switches in which variant ``a`` differs from ``b`` (configs or :func:`variant_fields`
+    dicts), as ``"denoiser.text_conditioning: 'concat' vs 'cross_attention'"``; "" when equal."""
+    fa = variant_fields(a) if isinstance(a, SALDConfig) else dict(a)
+    fb = variant_fields(b) if isinstance(b, SALDConfig) else dict(b)
+    return ", ".join(f"{k}: {fa.get(k)!r} vs {fb.get(k)!r}" for k in _VARIANT_FIELDS if fa.get(k) != fb.get(k))
 
 
 def preset(name: str) -> SALDConfig:

@@ -13,6 +13,11 @@ temporal / skeletal attention read q, k, v as strided views of one fused project
 with no change to the model or its state_dict. Long skips add ``Linear(out of layer l)`` to the
 input of layer ``l + tau``. A learned null text token stands in for the text when the condition
 is dropped (classifier-free guidance).
+
+The paper's Table 3 variants are config switches (:class:`~sald_fast.config.DenoiserConfig`):
+``temporal_attention`` / ``skeletal_attention`` False drop A_1 / A_2 (with their LayerNorm and
+FiLM) from every layer; ``text_conditioning="concat"`` replaces A_3 by ``text_concat``:
+``Linear([y, s])`` with s the mean of the text token features (a sentence-level feature).
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from .config import DenoiserConfig
 from .ops.dispatch import BackendAttribute
 from .profiling import nvtx_range
 
-__all__ = ["Denoiser", "DenoiserLayer", "TextContext", "timestep_embedding", "sinusoidal_positions"]
+__all__ = ["Denoiser", "DenoiserLayer", "TextConcat", "TextContext", "timestep_embedding", "sinusoidal_positions"]
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
@@ -58,7 +63,9 @@ class TextContext:
     """Cross-attention keys/values of every layer for a fixed text, reusable across sampling steps.
 
     keys[l], values[l]: (B, H, L, d) in the model's dtype; mask: (B, 1, 1, L) bool (True = attend)
-    or None (every key real). Build with :meth:`Denoiser.encode_text`; valid until the weights change.
+    or None (every key real). With ``text_conditioning="concat"``, keys[l] is instead the sentence
+    feature's term (B, 1, 1, D) of layer l's :class:`TextConcat`, values is empty and mask None.
+    Build with :meth:`Denoiser.encode_text`; valid until the weights change.
     """
 
     keys: list[torch.Tensor]
@@ -130,14 +137,36 @@ class CrossAttention(nn.Module):
         return self.proj(o.transpose(1, 2).reshape(B, N, J, D))
 
 
+class TextConcat(nn.Module):
+    """Table 3's "w/o CrossAttn" text conditioning: ``proj([y, s])`` (D + text_dim -> D) with the
+    sentence feature s (B, text_dim) broadcast to every token of y (B, N, J, D). Computed as
+    ``y W_y^T + (s W_s^T + b)``: the text term is made once per sampling run (:meth:`text_term`)."""
+
+    def __init__(self, dim: int, text_dim: int) -> None:
+        super().__init__()
+        self.dim = dim
+        self.proj = nn.Linear(dim + text_dim, dim)
+
+    def text_term(self, sentence: torch.Tensor) -> torch.Tensor:
+        """sentence (B, text_dim) -> (B, 1, 1, D): the sentence's part of the projection, bias included."""
+        term = F.linear(sentence, self.proj.weight[:, self.dim:], self.proj.bias)
+        return term[:, None, None, :]
+
+    def forward(self, y: torch.Tensor, term: torch.Tensor) -> torch.Tensor:
+        """y (B, N, J, D), term (B, 1, 1, D) from :meth:`text_term` -> (B, N, J, D)."""
+        return F.linear(y, self.proj.weight[:, :self.dim]) + term.to(y.dtype)
+
+
 class DenoiserLayer(nn.Module):
     """One layer: temporal attention -> skeletal attention -> cross-attention -> FFN.
 
-    The sub-blocks, in order, are :data:`SUB_BLOCKS`; :meth:`sub_blocks` gives them as named
-    functions of the normalised stream. ``norms[k]`` is the LayerNorm in front of sub-block k;
-    ``film[k]`` maps the timestep embedding (B, D_t) to (B, 2D) = (gamma - 1, beta) of sub-block
-    k (zero-initialised: gamma = 1, beta = 0). The residual updates themselves run in
-    :meth:`Denoiser.forward` (they fuse with the next LN).
+    The full model's sub-blocks, in order, are :data:`SUB_BLOCKS`; ``self.sub_block_names`` are
+    this layer's (a Table 3 variant drops "temporal" or "skeletal", or has "text_concat" in place
+    of "cross"); :meth:`sub_blocks` gives them as named functions of the normalised stream.
+    ``norms[k]`` is the LayerNorm in front of sub-block k; ``film[k]`` maps the timestep
+    embedding (B, D_t) to (B, 2D) = (gamma - 1, beta) of sub-block k (zero-initialised: gamma =
+    1, beta = 0). The residual updates themselves run in :meth:`Denoiser.forward` (they fuse with
+    the next LN).
     """
 
     SUB_BLOCKS = ("temporal", "skeletal", "cross", "ffn")
@@ -145,18 +174,30 @@ class DenoiserLayer(nn.Module):
     def __init__(self, cfg: DenoiserConfig) -> None:
         super().__init__()
         D = cfg.dim
-        self.temporal = AxisAttention(D, cfg.num_heads, "temporal")
-        self.skeletal = AxisAttention(D, cfg.num_heads, "skeletal")
-        self.cross = CrossAttention(D, cfg.text_dim, cfg.num_heads)
+        names = []
+        if cfg.temporal_attention:
+            self.temporal = AxisAttention(D, cfg.num_heads, "temporal")
+            names.append("temporal")
+        if cfg.skeletal_attention:
+            self.skeletal = AxisAttention(D, cfg.num_heads, "skeletal")
+            names.append("skeletal")
+        if cfg.text_conditioning == "cross_attention":
+            self.cross = CrossAttention(D, cfg.text_dim, cfg.num_heads)
+            names.append("cross")
+        else:
+            self.text_concat = TextConcat(D, cfg.text_dim)
+            names.append("text_concat")
         self.ffn = nn.Sequential(nn.Linear(D, cfg.ffn_mult * D), nn.GELU(), nn.Linear(cfg.ffn_mult * D, D))
-        self.norms = nn.ModuleList([nn.LayerNorm(D) for _ in self.SUB_BLOCKS])
-        self.film = nn.ModuleList([nn.Linear(D, 2 * D) for _ in self.SUB_BLOCKS])
+        names.append("ffn")
+        self.sub_block_names = tuple(names)
+        self.norms = nn.ModuleList([nn.LayerNorm(D) for _ in names])
+        self.film = nn.ModuleList([nn.Linear(D, 2 * D) for _ in names])
         self.dropout = nn.Dropout(cfg.dropout)
 
     def sub_blocks(self, lengths: torch.Tensor | None, context: TextContext, layer_index: int,
                    backend: str | None) -> tuple[tuple[str, Callable[[torch.Tensor], torch.Tensor]], ...]:
-        """``(name, A)`` per sub-block, in :data:`SUB_BLOCKS` order: ``A`` maps the normalised
-        stream y (B, N, J, D) to the update h (B, N, J, D) (dropout included)."""
+        """``(name, A)`` per sub-block, in ``self.sub_block_names`` order: ``A`` maps the
+        normalised stream y (B, N, J, D) to the update h (B, N, J, D) (dropout included)."""
         def temporal(y: torch.Tensor) -> torch.Tensor:
             return self.dropout(self.temporal(y, lengths, backend))
 
@@ -166,10 +207,14 @@ class DenoiserLayer(nn.Module):
         def cross(y: torch.Tensor) -> torch.Tensor:
             return self.dropout(self.cross(y, context.keys[layer_index], context.values[layer_index], context.mask))
 
+        def text_concat(y: torch.Tensor) -> torch.Tensor:
+            return self.dropout(self.text_concat(y, context.keys[layer_index]))
+
         def ffn(y: torch.Tensor) -> torch.Tensor:
             return self.dropout(self.ffn(y))
 
-        return (("temporal", temporal), ("skeletal", skeletal), ("cross", cross), ("ffn", ffn))
+        funcs = {"temporal": temporal, "skeletal": skeletal, "cross": cross, "text_concat": text_concat, "ffn": ffn}
+        return tuple((name, funcs[name]) for name in self.sub_block_names)
 
     def film_params(self, k: int, temb_act: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(gamma, beta), each (B, D), of sub-block k from SiLU(timestep embedding) (B, D)."""
@@ -235,6 +280,27 @@ class Denoiser(BackendAttribute, nn.Module):
             nn.init.zeros_(skip.weight)
             nn.init.zeros_(skip.bias)
 
+    def check_variant(self, state_dict) -> None:
+        """Raise ``ValueError`` naming the switches in which ``state_dict`` is of another Table 3
+        variant than this model (see :data:`sald_fast.config.VARIANTS`); nothing when it is not."""
+        have = _denoiser_variant(state_dict)
+        want = {"temporal_attention": self.config.temporal_attention,
+                "skeletal_attention": self.config.skeletal_attention,
+                "text_conditioning": self.config.text_conditioning,
+                "latent tokens per frame": self.config.num_atoms, "latent channels": self.config.latent_dim}
+        diff = [f"{k}: {have[k]!r} (state_dict) vs {v!r} (this model)" for k, v in want.items()
+                if have.get(k) is not None and have[k] != v]
+        if diff:
+            raise ValueError("the state_dict is of another Denoiser variant than this model: " + "; ".join(diff))
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """``nn.Module.load_state_dict``; with ``strict``, a state_dict of another Table 3 variant
+        raises ``ValueError`` naming the difference (:meth:`check_variant`) instead of listing
+        missing and unexpected keys."""
+        if strict:
+            self.check_variant(state_dict)
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
     def _param_dtype_device(self) -> tuple[torch.dtype, torch.device]:
         p = self.input_proj.weight
         return p.dtype, p.device
@@ -270,6 +336,13 @@ class Denoiser(BackendAttribute, nn.Module):
                 mask = torch.where(drop, only_first, mask if mask is not None else torch.ones_like(only_first))
             if mask is not None:
                 mask = mask.view(B, 1, 1, L)
+        if self.config.text_conditioning == "concat":  # sentence feature: mean of the real tokens
+            if mask is None:
+                sentence = tokens.mean(dim=1)
+            else:
+                weights = mask.view(B, -1, 1).to(tokens.dtype)
+                sentence = (tokens * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1.0)
+            return TextContext([layer.text_concat.text_term(sentence) for layer in self.layers], [], None)
         keys, values = [], []
         for layer in self.layers:
             k, v = layer.cross.text_kv(tokens)
@@ -420,13 +493,32 @@ class Denoiser(BackendAttribute, nn.Module):
                     ln = layer.norms[0]
                     y = F.layer_norm(z, ln.normalized_shape, ln.weight, ln.bias, ln.eps)
                 with nvtx_range(f"denoiser.layer{l}"):
+                    last = len(layer.norms) - 1
                     for k, (_, sub_block) in enumerate(layer.sub_blocks(lengths, context, l, backend)):
                         h = sub_block(y)
                         gamma, beta = layer.film_params(k, temb_act)
-                        nxt = layer.norms[k + 1] if k < 3 else (
+                        nxt = layer.norms[k + 1] if k < last else (
                             self.layers[l + 1].norms[0] if l + 1 < len(self.layers) else self.out_norm)
                         z, y = ops.film_residual_layernorm(z, h.to(z.dtype), gamma.to(z.dtype), beta.to(z.dtype),
                                                            nxt.weight, nxt.bias, nxt.eps, backend=backend)
                 outputs.append(z)
             eps = self.out_proj(y)
         return eps.to(z_t.dtype)
+
+
+def _denoiser_variant(state_dict) -> dict:
+    """The Table 3 switches a Denoiser state_dict was made with (None where it cannot tell)."""
+    keys = set(state_dict)
+    layered = any(k.startswith("layers.0.") for k in keys)
+    conditioning = None
+    if "layers.0.text_concat.proj.weight" in keys:
+        conditioning = "concat"
+    elif "layers.0.cross.q.weight" in keys:
+        conditioning = "cross_attention"
+    joint = state_dict.get("joint_embedding")
+    proj = state_dict.get("input_proj.weight")
+    return {"temporal_attention": ("layers.0.temporal.qkv.weight" in keys) if layered else None,
+            "skeletal_attention": ("layers.0.skeletal.qkv.weight" in keys) if layered else None,
+            "text_conditioning": conditioning,
+            "latent tokens per frame": None if joint is None else int(joint.shape[0]),
+            "latent channels": None if proj is None else int(proj.shape[1])}

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from .checkpoint import CheckpointError, check_state_dict, load_checkpoint, save_checkpoint, strip_prefix
-from .config import SALDConfig
+from .config import VARIANTS, SALDConfig, apply_variant, variant_difference, variant_fields, variant_name
 from .diffusion import SCHEDULERS, GaussianDiffusion
 from .frames import TEMPORAL_FACTOR
 from .skeleton import SIGNING_SKELETON, pooling_hierarchy
@@ -306,17 +306,21 @@ class SignSALD(nn.Module):
         if self.duration is not None:
             tensors["duration"] = self.duration.state_dict()
         full_meta = {**(meta or {}), "kind": CHECKPOINT_KIND, "skeleton_id": self.skeleton_id,
+                     "variant": variant_name(self.config), "variant_fields": variant_fields(self.config),
                      "num_joints": SIGNING_SKELETON.num_joints, "sald_fast_version": __version__}
         return save_checkpoint(path, tensors, self.config.to_dict(), full_meta)
 
     @classmethod
     def load(cls, path: str | os.PathLike, device: torch.device | str = "cpu", text_encoder: TextEncoder | None = None,
-             backend: str | None = "auto") -> "SignSALD":
+             backend: str | None = "auto", variant: str | None = None) -> "SignSALD":
         """A model written by :meth:`save` (its folder, or a run folder holding it as ``model/``),
         on ``device``, in eval mode (``.meta`` holds the saved meta). ``backend``: the
         :mod:`sald_fast.ops` backend of its modules, default ``"auto"`` (per call the fastest
-        implementation that can run the inputs; None: the process default). Raises :class:`~sald_fast.checkpoint.CheckpointError` for a missing or
-        corrupted checkpoint, another kind of checkpoint, or another skeleton."""
+        implementation that can run the inputs; None: the process default). ``variant``: the
+        Table 3 variant expected (a key of :data:`sald_fast.config.VARIANTS`; None: any). Raises
+        :class:`~sald_fast.checkpoint.CheckpointError` for a missing or corrupted checkpoint,
+        another kind of checkpoint, another skeleton, or another variant than ``variant`` (naming
+        the switches that differ)."""
         from .denoiser import Denoiser
         from .vae import SkeletonVAE
 
@@ -331,6 +335,14 @@ class SignSALD(nn.Module):
             config = SALDConfig.from_dict(config_dict)
         except (TypeError, ValueError) as exc:
             raise CheckpointError(f"checkpoint {str(path / 'config.json')!r} holds an invalid config: {exc}") from exc
+        if variant is not None:
+            if variant not in VARIANTS:
+                raise ValueError(f"unknown variant {variant!r}; choose from {list(VARIANTS)}")
+            have = variant_name(config)
+            if have != variant:
+                want = apply_variant(SALDConfig(), variant)
+                raise CheckpointError(f"checkpoint {str(path)!r} holds the variant {have!r}, not {variant!r}: "
+                                      f"{variant_difference(config, want)} (checkpoint vs {variant!r})")
         expected = skeleton_id(config.vae.num_atoms)
         if meta.get("skeleton_id") != expected:
             raise CheckpointError(f"checkpoint {str(path)!r} was made for skeleton {meta.get('skeleton_id')!r}, "
@@ -355,6 +367,12 @@ class SignSALD(nn.Module):
                                   f"group(s) {stray}")
         for name in known:
             module = getattr(model, name)
+            try:
+                if hasattr(module, "check_variant"):
+                    module.check_variant(strip_prefix(tensors, name))
+            except ValueError as exc:
+                raise CheckpointError(f"checkpoint {str(path / 'model.safetensors')!r} does not fit the {name} "
+                                      f"built from its config: {exc}") from exc
             try:
                 check_state_dict(strip_prefix(tensors, name), module, path / "model.safetensors", f"the {name}")
                 module.load_state_dict(strip_prefix(tensors, name), strict=True)

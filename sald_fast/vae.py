@@ -8,7 +8,8 @@
 Encoder: per-joint MLP (44 joints, each its own weights) lifting the 9 feature channels to
 ``channels[0]``; then per level [residual pre-activation STConv blocks -> STPool]: 44 joints ->
 20 -> ``num_atoms`` and N -> N/2 -> N/4 frames; at the atomic level, blocks and a per-atom
-linear head giving (mu, logvar). The decoder mirrors it with STUnpool. STConv(h) =
+linear head giving (mu, logvar) (or, with ``latent_layout="frame"``, one linear head on the
+flattened atoms giving a vector per latent frame). The decoder mirrors it with STUnpool. STConv(h) =
 F_skel(h) + F_temp(h): a graph convolution over the level's skeleton (through
 :func:`sald_fast.ops.skeletal_graph_conv`, so the C++/CUDA kernel can replace it) plus a 1-D
 convolution over frames shared by all joints.
@@ -245,9 +246,13 @@ class SkeletonVAE(BackendAttribute, nn.Module):
         self.enc_levels = nn.ModuleList([level(l) for l in range(3)])
         self.enc_pools = nn.ModuleList([STPool(self.hierarchy.pool_matrix(l), C[l], C[l + 1]) for l in range(2)])
         self.enc_out_norm = nn.LayerNorm(C[2])
-        self.latent_head = JointLinear(J[2], C[2], 2 * d_z)
+        if config.latent_layout == "skeletal":
+            self.latent_head = JointLinear(J[2], C[2], 2 * d_z)
+            self.dec_in = JointLinear(J[2], d_z, C[2])
+        else:  # one vector per latent frame (w/o ST-Latent): J' * C -> 2 * J' * d_z and back
+            self.frame_latent_head = nn.Linear(J[2] * C[2], 2 * config.latent_channels)
+            self.frame_dec_in = nn.Linear(config.latent_channels, J[2] * C[2])
         # decoder (dec_levels[l] / dec_unpools[l] work at level l, applied from l = 2 down to 0)
-        self.dec_in = JointLinear(J[2], d_z, C[2])
         self.dec_levels = nn.ModuleList([level(l) for l in range(3)])
         self.dec_unpools = nn.ModuleList([STUnpool(self.hierarchy.unpool_matrix(l), C[l + 1], C[l]) for l in range(2)])
         self.dec_out_norm = nn.LayerNorm(C[0])
@@ -272,6 +277,35 @@ class SkeletonVAE(BackendAttribute, nn.Module):
     def latent_dim(self) -> int:
         """d_z, channels per atomic joint and latent frame."""
         return self.config.latent_dim
+
+    @property
+    def latent_shape(self) -> tuple[int, int]:
+        """(tokens, channels) of one latent frame: (J', d_z), or (1, J' * d_z) for the "frame" layout."""
+        return self.config.latent_tokens, self.config.latent_channels
+
+    def check_variant(self, state_dict) -> None:
+        """Raise ``ValueError`` naming the switches in which ``state_dict`` is of another Table 3
+        variant than this model (see :data:`sald_fast.config.VARIANTS`); nothing when it is not."""
+        have = {"latent_layout": None, "num_atoms": None}
+        if "frame_latent_head.weight" in state_dict:
+            have["latent_layout"] = "frame"
+            have["num_atoms"] = int(state_dict["frame_latent_head.weight"].shape[1]) // self.config.channels[2]
+        elif "latent_head.weight" in state_dict:
+            have["latent_layout"] = "skeletal"
+            have["num_atoms"] = int(state_dict["latent_head.weight"].shape[0])
+        want = {"latent_layout": self.config.latent_layout, "num_atoms": self.config.num_atoms}
+        diff = [f"{k}: {have[k]!r} (state_dict) vs {v!r} (this model)" for k, v in want.items()
+                if have[k] is not None and have[k] != v]
+        if diff:
+            raise ValueError("the state_dict is of another SkeletonVAE variant than this model: " + "; ".join(diff))
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """``nn.Module.load_state_dict``; with ``strict``, a state_dict of another Table 3 variant
+        raises ``ValueError`` naming the difference (:meth:`check_variant`) instead of listing
+        missing and unexpected keys."""
+        if strict:
+            self.check_variant(state_dict)
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     def num_parameters(self, trainable_only: bool = False) -> int:
         """Number of parameter elements (buffers such as the normaliser's statistics excluded)."""
@@ -309,23 +343,33 @@ class SkeletonVAE(BackendAttribute, nn.Module):
     # -- model -----------------------------------------------------------------------------
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Normalised features x (B, N, 44, 9), N a multiple of 4 -> (mu, logvar), each
-        (B, N/4, J', d_z); logvar is clamped to [-30, 20]."""
+        (B, N/4, J', d_z) (the "frame" layout: (B, N/4, 1, J' d_z)); logvar is clamped to [-30, 20]."""
         x = self._check_features(x)
         with nvtx_range("vae.encode"):
             h = self.enc_in(x)
             for l in range(2):
                 h = self.enc_pools[l](self.enc_levels[l](h))
-            h = self.enc_levels[2](h)
-            h = self.latent_head(F.silu(self.enc_out_norm(h)))
+            h = F.silu(self.enc_out_norm(self.enc_levels[2](h)))
+            if self.config.latent_layout == "skeletal":
+                h = self.latent_head(h)
+            else:
+                h = self.frame_latent_head(h.flatten(2)).unsqueeze(2)  # (B, N', 1, 2 J' d_z)
             mu, logvar = h.chunk(2, dim=-1)
             return mu.contiguous(), logvar.clamp(*_LOGVAR_RANGE).contiguous()
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """Latents z (B, N', J', d_z) -> normalised features (B, 4 N', 44, 9)."""
-        z = self._check_tensor(z, "z", f"(B, N', J'={self.num_atoms}, d_z={self.latent_dim})",
-                               (self.num_atoms, self.latent_dim))
+        """Latents z (B, N', J', d_z) (the "frame" layout: (B, N', 1, J' d_z)) -> normalised
+        features (B, 4 N', 44, 9)."""
+        tokens, channels = self.latent_shape
+        z = self._check_tensor(z, "z", f"(B, N', {tokens}, {channels}) ({self.config.latent_layout} latent)",
+                               (tokens, channels))
         with nvtx_range("vae.decode"):
-            h = self.dec_levels[2](self.dec_in(z))
+            if self.config.latent_layout == "skeletal":
+                h = self.dec_in(z)
+            else:
+                B, N = z.shape[:2]
+                h = self.frame_dec_in(z[:, :, 0]).view(B, N, self.num_atoms, -1)
+            h = self.dec_levels[2](h)
             for l in (1, 0):
                 h = self.dec_levels[l](self.dec_unpools[l](h))
             return self.dec_out(F.silu(self.dec_out_norm(h)))
@@ -335,7 +379,7 @@ class SkeletonVAE(BackendAttribute, nn.Module):
         """Encode, draw z, decode. x (B, N, 44, 9) normalised, N a multiple of 4.
 
         z = mu + exp(logvar / 2) * eps when ``sample`` is True and the module is in training
-        mode, else z = mu (eval mode is deterministic). ``noise`` (B, N/4, J', d_z), when given,
+        mode, else z = mu (eval mode is deterministic). ``noise`` (B, N/4, *latent_shape), when given,
         is that eps (e.g. drawn per sample) instead of a fresh draw. Returns dict(recon
         (B, N, 44, 9), mu, logvar, z (B, N/4, J', d_z)).
         """
@@ -371,7 +415,7 @@ class SkeletonVAE(BackendAttribute, nn.Module):
         if tuple(recon.shape) != tuple(x.shape):
             raise ValueError(f"out['recon'] has shape {tuple(recon.shape)} but x has {tuple(x.shape)}")
         B, N = x.shape[:2]
-        latent_shape = (B, N // TEMPORAL_FACTOR, self.num_atoms, self.latent_dim)
+        latent_shape = (B, N // TEMPORAL_FACTOR, *self.latent_shape)
         for name, t in (("mu", mu), ("logvar", logvar)):
             if tuple(t.shape) != latent_shape:
                 raise ValueError(f"out[{name!r}] must have shape {latent_shape} for x of shape {tuple(x.shape)}, "

@@ -236,6 +236,9 @@ def _optimizer_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> 
     return {"state": state, "param_groups": meta["param_groups"]}
 
 
+BUDGET_CALIBRATION_STEPS = 8  # steps timed before a time budget (Trainer.time_budget_s) fixes the step count
+
+
 class Trainer:
     """A resumable training loop over epochs of a map-style dataset.
 
@@ -256,6 +259,11 @@ class Trainer:
         bucket_by_length: with a dataset that has ``lengths``, each epoch's random order is cut into
             chunks of 16 batches whose clips are sorted by length before batching (batch order then
             shuffled), so a collate that trims to the longest clip wastes little on padding.
+        time_budget_s: a wall-clock budget for the stage's optimiser steps: after the first
+            :data:`BUDGET_CALIBRATION_STEPS` steps (real training steps, still in the warm-up of the
+            tiny preset) the stage is cut to the steps that fit in the budget at the mean time of
+            the steps after the first two (validation and checkpoints not counted); the cut is
+            saved with the checkpoints, so a resumed stage keeps it.
     """
 
     def __init__(self, *, stage: str, run_dir: Path, model: torch.nn.Module, loss_fn: Callable[[torch.nn.Module, Any], dict],
@@ -266,7 +274,8 @@ class Trainer:
                  extra_state: Callable[[], tuple[dict, dict]] | None = None,
                  logger: JsonlLogger | None = None, autocast: bool = False, compile: bool = False,
                  val_loss_fn: Callable[[torch.nn.Module, Any], dict] | None = None, lr_schedule: str = "constant",
-                 warmup_steps: int = 0, ema_decay: float = 0.0, bucket_by_length: bool = False):
+                 warmup_steps: int = 0, ema_decay: float = 0.0, bucket_by_length: bool = False,
+                 time_budget_s: float | None = None):
         self.stage, self.run_dir, self.model = stage, Path(run_dir), model
         self.loss_fn, self.train_set, self.val_set, self.collate = loss_fn, train_set, val_set, collate
         self.val_loss_fn = val_loss_fn or loss_fn
@@ -288,6 +297,10 @@ class Trainer:
         total = self.steps_per_epoch * epochs
         self.total_steps = min(total, max_steps) if max_steps else total
         self.step = 0
+        self.time_budget_s = None if time_budget_s is None else float(time_budget_s)
+        if self.time_budget_s is not None and not self.time_budget_s > 0:
+            raise ValueError(f"time_budget_s must be > 0, got {time_budget_s}")
+        self.budget_steps: int | None = None  # the steps the budget allows, once measured
         self.best_val = float("inf")
         self.train_model: torch.nn.Module = model
         if compile:
@@ -352,7 +365,7 @@ class Trainer:
         tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in weights.state_dict().items()}
         meta: dict[str, Any] = {"stage": self.stage, "step": self.step, "total_steps": self.total_steps,
                                 "best_val": _finite_or_none(self.best_val), "val_loss": _finite_or_none(val_loss),
-                                "ema_decay": self.ema_decay}
+                                "ema_decay": self.ema_decay, "budget_steps": self.budget_steps}
         if which == "latest":
             otensors, ometa = _optimizer_tensors(self.optimizer)
             tensors.update(otensors)
@@ -387,7 +400,27 @@ class Trainer:
         self.optimizer.load_state_dict(_optimizer_state(tensors, meta["optimizer"]))
         self.step = int(meta["step"])
         self.best_val = float("inf") if meta.get("best_val") is None else float(meta["best_val"])
+        if self.time_budget_s is not None and meta.get("budget_steps") is not None:
+            self._apply_budget(int(meta["budget_steps"]))
         return True
+
+    # --- time budget -------------------------------------------------------------------------
+    def _apply_budget(self, steps: int) -> None:
+        self.budget_steps = max(int(steps), min(self.step, self.total_steps), 1)
+        self.total_steps = min(self.total_steps, self.budget_steps)
+
+    def _measure_budget(self, seconds_per_step: float) -> None:
+        allowed = int(self.time_budget_s / max(seconds_per_step, 1e-9))
+        self._apply_budget(max(allowed, BUDGET_CALIBRATION_STEPS))
+        if self.dist.world > 1:  # every rank must stop at the same step: take rank 0's count
+            t = torch.tensor([self.budget_steps], device=self.device if self.device.type == "cuda" else "cpu")
+            torch.distributed.broadcast(t, 0)
+            self._apply_budget(int(t))
+        self.logger.log(stage=self.stage, event="budget", budget_s=self.time_budget_s,
+                        seconds_per_step=round(seconds_per_step, 5), total_steps=self.total_steps)
+        if self.dist.main and self.progress:
+            tqdm.write(f"{self.stage}: {seconds_per_step * 1e3:.0f} ms per step -> {self.total_steps} steps "
+                       f"in the {self.time_budget_s / 60:.2f}-minute budget")
 
     # --- loop --------------------------------------------------------------------------------
     @torch.no_grad()
@@ -422,6 +455,8 @@ class Trainer:
         bar = tqdm(total=self.total_steps, initial=self.step, desc=self.stage, disable=not (self.progress and self.dist.main),
                    dynamic_ncols=True)
         last: dict[str, float] = {}
+        measuring = self.time_budget_s is not None and self.budget_steps is None
+        clock_start = None
         while self.step < self.total_steps:
             epoch, offset = divmod(self.step, self.steps_per_epoch)
             if hasattr(self.train_set, "set_epoch"):
@@ -453,6 +488,14 @@ class Trainer:
                 self.logger.log(stage=self.stage, step=self.step, epoch=epoch, **last)
                 bar.update(1)
                 bar.set_postfix(loss=f"{last['loss']:.4g}")
+                if measuring:
+                    if self.step == 2 or clock_start is None:
+                        clock_start = (self.step, time.perf_counter())
+                    elif self.step >= BUDGET_CALIBRATION_STEPS:
+                        measuring = False
+                        self._measure_budget((time.perf_counter() - clock_start[1]) / (self.step - clock_start[0]))
+                        bar.total = self.total_steps
+                        bar.refresh()
                 end_of_epoch = b == self.steps_per_epoch - 1 or self.step == self.total_steps
                 if end_of_epoch:
                     val = self.validate()

@@ -154,6 +154,7 @@ def train_denoiser(cfg: SALDConfig, args: argparse.Namespace, run_dir: Path, dis
                       device=device, progress=not args.no_progress, autocast=device.type == "cuda",
                       compile=args.compile, warmup_steps=t.warmup_steps, ema_decay=t.ema_decay,
                       bucket_by_length=t.bucket_by_length,
+                      time_budget_s=None if t.denoiser_budget_minutes is None else 60.0 * t.denoiser_budget_minutes,
                       extra_state=lambda: ({"latent_scale": vae.latent_scale.detach().cpu()}, {}),
                       val_loss_fn=val_loss_fn)  # validation: clean mean latents, no condition dropout
     if args.resume:

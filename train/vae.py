@@ -40,7 +40,7 @@ def train_vae(cfg: SALDConfig, args: argparse.Namespace, run_dir: Path, dist_inf
         # training: eps per sample, keyed by (seed, step, dataset index), the same on any rank / world size;
         # validation batches carry no "rng" (eval mode draws nothing)
         rng = batch.get("rng")
-        noise = None if rng is None else rng.randn((latent_length(x.shape[1]), vae.num_atoms, vae.latent_dim),
+        noise = None if rng is None else rng.randn((latent_length(x.shape[1]), *vae.latent_shape),
                                                    x.device, x.dtype)
         out = model(x, noise=noise)
         losses = vae.loss(x, out, mask=mask)
@@ -61,7 +61,8 @@ def train_vae(cfg: SALDConfig, args: argparse.Namespace, run_dir: Path, dist_inf
                       weight_decay=t.weight_decay, grad_clip=t.grad_clip, max_steps=t.max_steps,
                       ckpt_every=t.ckpt_every, seed=t.seed, config=cfg, dist_info=dist_info, device=device,
                       progress=not args.no_progress, autocast=device.type == "cuda", compile=compile_vae,
-                      warmup_steps=t.warmup_steps, bucket_by_length=t.bucket_by_length)
+                      warmup_steps=t.warmup_steps, bucket_by_length=t.bucket_by_length,
+                      time_budget_s=None if t.vae_budget_minutes is None else 60.0 * t.vae_budget_minutes)
     if not (args.resume and trainer.try_resume()):
         _fit_normalizer(vae, train_set)
     trainer.fit()
