@@ -361,8 +361,9 @@ class SkeletonVAE(BackendAttribute, nn.Module):
         """Latents z (B, N', J', d_z) (the "frame" layout: (B, N', 1, J' d_z)) -> normalised
         features (B, 4 N', 44, 9)."""
         tokens, channels = self.latent_shape
-        z = self._check_tensor(z, "z", f"(B, N', {tokens}, {channels}) ({self.config.latent_layout} latent)",
-                               (tokens, channels))
+        layout = (f"(B, N', J'={tokens}, d_z={channels})" if self.config.latent_layout == "skeletal"
+                  else f"(B, N', 1, J' d_z={channels}) (frame latent)")
+        z = self._check_tensor(z, "z", layout, (tokens, channels))
         with nvtx_range("vae.decode"):
             if self.config.latent_layout == "skeletal":
                 h = self.dec_in(z)
