@@ -237,6 +237,7 @@ def _optimizer_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> 
 
 
 BUDGET_CALIBRATION_STEPS = 8  # steps timed before a time budget (Trainer.time_budget_s) fixes the step count
+_clock = time.perf_counter  # the time budget's clock (a module global, so a test can replace it)
 
 
 class Trainer:
@@ -490,10 +491,10 @@ class Trainer:
                 bar.set_postfix(loss=f"{last['loss']:.4g}")
                 if measuring:
                     if self.step == 2 or clock_start is None:
-                        clock_start = (self.step, time.perf_counter())
+                        clock_start = (self.step, _clock())
                     elif self.step >= BUDGET_CALIBRATION_STEPS:
                         measuring = False
-                        self._measure_budget((time.perf_counter() - clock_start[1]) / (self.step - clock_start[0]))
+                        self._measure_budget((_clock() - clock_start[1]) / (self.step - clock_start[0]))
                         bar.total = self.total_steps
                         bar.refresh()
                 end_of_epoch = b == self.steps_per_epoch - 1 or self.step == self.total_steps
