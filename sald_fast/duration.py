@@ -2,7 +2,7 @@
 
 Inputs per sentence: the masked mean of its token features (dim), its token count and its word
 count, standardised; output: the number of frames of the signing (at the training fps). Fitting
-is closed form (one (dim+3)^2 solve), so it costs the text encoding of the training sentences
+is closed form (one (dim+2)^2 solve: the bias is the mean length), so it costs the text encoding of the training sentences
 (cached by the encoder after the denoiser's training) and milliseconds more. Stored in the
 SignSALD checkpoint as the tensor group ``duration`` (buffers below); a checkpoint without it
 loads with ``model.duration = None``.
