@@ -10,7 +10,7 @@ MODULES = ["sald_fast", "sald_fast.ops", "sald_fast.skeleton", "sald_fast.geomet
            "sald_fast.checkpoint", "sald_fast.data", "sald_fast.eval", "sald_fast.render", "sald_fast.cli",
            "sald_fast.config", "sald_fast.frames", "sald_fast.data.builtin", "sald_fast.ops.dispatch",
            "sald_fast.duration", "sald_fast.data.release", "sald_fast.data.safe_pickle",
-           "sald_fast.pose_file", "sald_fast.smplx_mesh"]
+           "sald_fast.pose_file", "sald_fast.smplx_mesh", "train.ablation"]
 
 
 @pytest.mark.parametrize("module", MODULES)

@@ -235,6 +235,7 @@ def format_table3(rows: list[dict], settings: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``python -m train.ablation``: train, score and tabulate the variants (see the module docstring)."""
     p = add_common_args(argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter))
     p.add_argument("--variants", default=",".join(TABLE_ORDER),
                    help=f"comma-separated variants (default: all): {', '.join(VARIANTS)}")
