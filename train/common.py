@@ -236,7 +236,7 @@ def _optimizer_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> 
     return {"state": state, "param_groups": meta["param_groups"]}
 
 
-BUDGET_CALIBRATION_STEPS = 8  # steps timed before a time budget (Trainer.time_budget_s) fixes the step count
+BUDGET_CALIBRATION_STEPS = 12  # steps timed before a time budget (Trainer.time_budget_s) fixes the step count
 _clock = time.perf_counter  # the time budget's clock (a module global, so a test can replace it)
 
 
@@ -262,9 +262,11 @@ class Trainer:
             shuffled), so a collate that trims to the longest clip wastes little on padding.
         time_budget_s: a wall-clock budget for the stage's optimiser steps: after the first
             :data:`BUDGET_CALIBRATION_STEPS` steps (real training steps, still in the warm-up of the
-            tiny preset) the stage is cut to the steps that fit in the budget at the mean time of
-            the steps after the first two (validation and checkpoints not counted); the cut is
-            saved with the checkpoints, so a resumed stage keeps it.
+            tiny preset) the stage is cut to the steps that fit in the budget at the measured speed
+            of the steps after the first two (validation and checkpoints not counted). With length
+            buckets a step's cost follows its batch's padded frames (batch size x longest clip), so
+            the speed is measured per padded frame and turned into the mean step of an epoch;
+            without, per step. The cut is saved with the checkpoints, so a resumed stage keeps it.
     """
 
     def __init__(self, *, stage: str, run_dir: Path, model: torch.nn.Module, loss_fn: Callable[[torch.nn.Module, Any], dict],
@@ -410,6 +412,18 @@ class Trainer:
         self.budget_steps = max(int(steps), min(self.step, self.total_steps), 1)
         self.total_steps = min(self.total_steps, self.budget_steps)
 
+    def _batch_work(self, indices: list[int]) -> float:
+        """Relative cost of a step on these dataset indices: its padded frames with length
+        buckets (the collate trims to the longest clip), else 1."""
+        if not self.bucket_by_length:
+            return 1.0
+        return float(len(indices) * max(int(self.train_set.lengths[i]) for i in indices))
+
+    def _mean_batch_work(self) -> float:
+        """Mean :meth:`_batch_work` over the steps of the first epoch."""
+        batches = self._epoch_batches(0)
+        return sum(self._batch_work(b) for b in batches) / max(len(batches), 1)
+
     def _measure_budget(self, seconds_per_step: float) -> None:
         allowed = int(self.time_budget_s / max(seconds_per_step, 1e-9))
         self._apply_budget(max(allowed, BUDGET_CALIBRATION_STEPS))
@@ -457,7 +471,7 @@ class Trainer:
                    dynamic_ncols=True)
         last: dict[str, float] = {}
         measuring = self.time_budget_s is not None and self.budget_steps is None
-        clock_start = None
+        clock_start, work_done = None, 0.0
         while self.step < self.total_steps:
             epoch, offset = divmod(self.step, self.steps_per_epoch)
             if hasattr(self.train_set, "set_epoch"):
@@ -491,10 +505,13 @@ class Trainer:
                 bar.set_postfix(loss=f"{last['loss']:.4g}")
                 if measuring:
                     if self.step == 2 or clock_start is None:
-                        clock_start = (self.step, _clock())
-                    elif self.step >= BUDGET_CALIBRATION_STEPS:
-                        measuring = False
-                        self._measure_budget((_clock() - clock_start[1]) / (self.step - clock_start[0]))
+                        clock_start, work_done = (self.step, _clock()), 0.0
+                    else:
+                        work_done += self._batch_work(batches[b])
+                        if self.step >= BUDGET_CALIBRATION_STEPS:
+                            measuring = False
+                            per_work = (_clock() - clock_start[1]) / max(work_done, 1e-9)
+                            self._measure_budget(per_work * self._mean_batch_work())
                         bar.total = self.total_steps
                         bar.refresh()
                 end_of_epoch = b == self.steps_per_epoch - 1 or self.step == self.total_steps
