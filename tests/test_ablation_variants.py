@@ -254,6 +254,20 @@ def test_time_budget_cuts_the_stage_and_survives_resume(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="time_budget_s must be > 0"):
         make(0.0)
 
+    # with length buckets the speed is measured per padded frame (batch size x longest clip)
+    class Bucketed(Data):
+        lengths = torch.arange(64) % 8 + 1
+
+    bucketed = common.Trainer(stage="toy2", run_dir=tmp_path, model=torch.nn.Linear(3, 1),
+                              loss_fn=lambda m, b: {"loss": m(b["x"]).square().mean()}, train_set=Bucketed(),
+                              val_set=None, collate=lambda items: {"x": torch.stack([it["x"] for it in items])},
+                              epochs=1, batch_size=4, lr=1e-2, config=small_config(), progress=False,
+                              bucket_by_length=True, time_budget_s=10.0)
+    assert bucketed._batch_work([0, 1, 7]) == 3 * 8 and bucketed._batch_work([8, 9]) == 2 * 2
+    batches = bucketed._epoch_batches(0)
+    mean = sum(4 * max(int(Bucketed.lengths[i]) for i in b) for b in batches) / len(batches)
+    assert bucketed._mean_batch_work() == pytest.approx(mean)
+
 
 @pytest.mark.slow
 def test_ablation_command_trains_scores_resumes_and_refuses_another_variant(tmp_path):

@@ -77,6 +77,14 @@ def _vae_key(cfg: SALDConfig) -> str:
         "grad_clip", "num_frames", "max_steps", "vae_budget_minutes", "bucket_by_length", "seed")}}, sort_keys=True)
 
 
+def _log_record(line: str) -> dict:
+    """One JSON-lines record ({} for a line cut by a kill)."""
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError:
+        return {}
+
+
 def _check_run_folder(run: Path, cfg: SALDConfig, name: str) -> None:
     """A variant's folder from an earlier run must hold the same variant (else a clear error)."""
     saved = run / "config.json"
@@ -100,10 +108,7 @@ def _stage_step_time(run: Path, stage: str) -> tuple[float | None, int | None]:
         return None, None
     budget, steps, times = None, 0, []
     for line in log.read_text().splitlines():
-        try:
-            r = json.loads(line)
-        except json.JSONDecodeError:
-            continue
+        r = _log_record(line)
         if r.get("stage") != stage:
             continue
         if r.get("event") == "budget":
@@ -154,14 +159,18 @@ def train_variant(name: str, cfg: SALDConfig, run: Path, args: argparse.Namespac
     if not _done(run, "vae"):
         source = shared_vae.get(key)
         if source is not None and _done(source, "vae"):
+            copy = run / "vae.copy"  # copied whole, then renamed: a kill leaves no half VAE marked done
+            shutil.rmtree(copy, ignore_errors=True)
             shutil.rmtree(run / "vae", ignore_errors=True)
-            shutil.copytree(source / "vae", run / "vae")
+            shutil.copytree(source / "vae", copy)
+            (copy / "FROM").write_text(source.name + "\n")
+            with open(run / "log.jsonl", "a") as f:  # its step times, for the table (repeats are harmless)
+                for line in (source / "log.jsonl").read_text().splitlines():
+                    if _log_record(line).get("stage") == "vae":
+                        f.write(line + "\n")
+            os.replace(copy, run / "vae")
             vae_from = source.name
             timings["vae"] = json.loads((source / "timings.json").read_text()).get("vae")
-            for line in (source / "log.jsonl").read_text().splitlines():  # its step times, for the table
-                if '"stage": "vae"' in line:
-                    with open(run / "log.jsonl", "a") as f:
-                        f.write(line + "\n")
         else:
             train_vae(cfg, stage_args, run, Dist(), device)
             _mark_done(run, "vae", Dist(), seconds=round(time.time() - t0, 1))
@@ -203,8 +212,8 @@ def train_variant(name: str, cfg: SALDConfig, run: Path, args: argparse.Namespac
            "vae_steps": vae_steps, "denoiser_steps": den_steps,
            "vae_seconds_per_step": vae_step, "denoiser_seconds_per_step": den_step,
            "sampling_seconds": latency, "sampling_frames": frames, "sampling_steps": cfg.diffusion.sample_steps,
-           "train_seconds": timings, "vae_from": vae_from or (json.loads((run / "ablation.json").read_text()).get("vae_from")
-                                                             if (run / "ablation.json").exists() else None)}
+           "train_seconds": timings,
+           "vae_from": vae_from or ((run / "vae" / "FROM").read_text().strip() if (run / "vae" / "FROM").exists() else None)}
     _write_json(run / "ablation.json", row)
     return row
 
