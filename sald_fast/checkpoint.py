@@ -33,6 +33,7 @@ import torch
 
 __all__ = [
     "CheckpointError",
+    "VariantCheckedLoad",
     "check_state_dict",
     "doc_sha256",
     "save_checkpoint",
@@ -57,6 +58,29 @@ READABLE_VERSIONS = (1, 2)
 
 class CheckpointError(ValueError):
     """A checkpoint folder or file is missing, corrupted, or does not fit the model."""
+
+
+class VariantCheckedLoad:
+    """Mixin for a module with Table 3 variants (:data:`sald_fast.config.VARIANTS`): subclasses
+    implement ``_state_dict_variant(state_dict)`` and ``_own_variant()`` (dicts of switch -> value;
+    None where a state_dict cannot tell) and get :meth:`check_variant` and a ``load_state_dict``
+    that names the switch that differs instead of listing missing and unexpected keys."""
+
+    def check_variant(self, state_dict) -> None:
+        """Raise ``ValueError`` naming the switches in which ``state_dict`` is of another variant
+        than this model; nothing when it is not."""
+        have, want = self._state_dict_variant(state_dict), self._own_variant()
+        diff = [f"{k}: {have[k]!r} (state_dict) vs {v!r} (this model)" for k, v in want.items()
+                if have.get(k) is not None and have[k] != v]
+        if diff:
+            raise ValueError(f"the state_dict is of another {type(self).__name__} variant than this model: "
+                             + "; ".join(diff))
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """``nn.Module.load_state_dict``; with ``strict``, :meth:`check_variant` first."""
+        if strict:
+            self.check_variant(state_dict)
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
 
 def prefix_state_dict(state_dict: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import ops
+from .checkpoint import VariantCheckedLoad
 from .config import DenoiserConfig
 from .ops.dispatch import BackendAttribute
 from .profiling import nvtx_range
@@ -222,7 +223,7 @@ class DenoiserLayer(nn.Module):
         return 1.0 + delta_gamma, beta
 
 
-class Denoiser(BackendAttribute, nn.Module):
+class Denoiser(BackendAttribute, VariantCheckedLoad, nn.Module):
     """Sequential-attention latent denoiser (paper eq. 5-6; docs/DESIGN.md, "Data flow and shapes").
 
     ``config``: a :class:`~sald_fast.config.DenoiserConfig`. ``backend``: the ``sald_fast.ops``
@@ -280,26 +281,15 @@ class Denoiser(BackendAttribute, nn.Module):
             nn.init.zeros_(skip.weight)
             nn.init.zeros_(skip.bias)
 
-    def check_variant(self, state_dict) -> None:
-        """Raise ``ValueError`` naming the switches in which ``state_dict`` is of another Table 3
-        variant than this model (see :data:`sald_fast.config.VARIANTS`); nothing when it is not."""
-        have = _denoiser_variant(state_dict)
-        want = {"temporal_attention": self.config.temporal_attention,
-                "skeletal_attention": self.config.skeletal_attention,
-                "text_conditioning": self.config.text_conditioning,
-                "latent tokens per frame": self.config.num_atoms, "latent channels": self.config.latent_dim}
-        diff = [f"{k}: {have[k]!r} (state_dict) vs {v!r} (this model)" for k, v in want.items()
-                if have.get(k) is not None and have[k] != v]
-        if diff:
-            raise ValueError("the state_dict is of another Denoiser variant than this model: " + "; ".join(diff))
+    def _own_variant(self) -> dict:
+        c = self.config
+        return {"temporal_attention": c.temporal_attention, "skeletal_attention": c.skeletal_attention,
+                "text_conditioning": c.text_conditioning, "latent tokens per frame": c.num_atoms,
+                "latent channels": c.latent_dim}
 
-    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
-        """``nn.Module.load_state_dict``; with ``strict``, a state_dict of another Table 3 variant
-        raises ``ValueError`` naming the difference (:meth:`check_variant`) instead of listing
-        missing and unexpected keys."""
-        if strict:
-            self.check_variant(state_dict)
-        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+    @staticmethod
+    def _state_dict_variant(state_dict) -> dict:
+        return _denoiser_variant(state_dict)
 
     def _param_dtype_device(self) -> tuple[torch.dtype, torch.device]:
         p = self.input_proj.weight

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import ops
+from .checkpoint import VariantCheckedLoad
 from .config import VAEConfig
 from .features import FEATURE_DIM, FeatureNormalizer, features_to_positions
 from .frames import TEMPORAL_FACTOR
@@ -190,7 +191,7 @@ def _as_offsets(offsets: object) -> torch.Tensor:
     return offsets
 
 
-class SkeletonVAE(BackendAttribute, nn.Module):
+class SkeletonVAE(BackendAttribute, VariantCheckedLoad, nn.Module):
     """Skeleton-aware VAE on normalised pose features.
 
     Args:
@@ -283,29 +284,16 @@ class SkeletonVAE(BackendAttribute, nn.Module):
         """(tokens, channels) of one latent frame: (J', d_z), or (1, J' * d_z) for the "frame" layout."""
         return self.config.latent_tokens, self.config.latent_channels
 
-    def check_variant(self, state_dict) -> None:
-        """Raise ``ValueError`` naming the switches in which ``state_dict`` is of another Table 3
-        variant than this model (see :data:`sald_fast.config.VARIANTS`); nothing when it is not."""
-        have = {"latent_layout": None, "num_atoms": None}
-        if "frame_latent_head.weight" in state_dict:
-            have["latent_layout"] = "frame"
-            have["num_atoms"] = int(state_dict["frame_latent_head.weight"].shape[1]) // self.config.channels[2]
-        elif "latent_head.weight" in state_dict:
-            have["latent_layout"] = "skeletal"
-            have["num_atoms"] = int(state_dict["latent_head.weight"].shape[0])
-        want = {"latent_layout": self.config.latent_layout, "num_atoms": self.config.num_atoms}
-        diff = [f"{k}: {have[k]!r} (state_dict) vs {v!r} (this model)" for k, v in want.items()
-                if have[k] is not None and have[k] != v]
-        if diff:
-            raise ValueError("the state_dict is of another SkeletonVAE variant than this model: " + "; ".join(diff))
+    def _own_variant(self) -> dict:
+        return {"latent_layout": self.config.latent_layout, "num_atoms": self.config.num_atoms}
 
-    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
-        """``nn.Module.load_state_dict``; with ``strict``, a state_dict of another Table 3 variant
-        raises ``ValueError`` naming the difference (:meth:`check_variant`) instead of listing
-        missing and unexpected keys."""
-        if strict:
-            self.check_variant(state_dict)
-        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+    def _state_dict_variant(self, state_dict) -> dict:
+        if "frame_latent_head.weight" in state_dict:
+            return {"latent_layout": "frame",
+                    "num_atoms": int(state_dict["frame_latent_head.weight"].shape[1]) // self.config.channels[2]}
+        if "latent_head.weight" in state_dict:
+            return {"latent_layout": "skeletal", "num_atoms": int(state_dict["latent_head.weight"].shape[0])}
+        return {}
 
     def num_parameters(self, trainable_only: bool = False) -> int:
         """Number of parameter elements (buffers such as the normaliser's statistics excluded)."""
