@@ -200,6 +200,21 @@ def _numeric(value: Any, path: Path, fld: str, key: str) -> np.ndarray:
     return value
 
 
+def _field_keys(obj: dict, path: Path, also: str = "") -> dict[str, str]:
+    """SMPL-X field -> the key of ``obj`` holding it (the first of its aliases present); optional
+    fields and ``transl`` may be absent, a missing required one is a DataError naming the
+    aliases looked for (``also``: what else was looked for, for the message)."""
+    keys = {}
+    for fld, aliases in _ALIASES.items():
+        key = next((a for a in aliases if a in obj), None)
+        if key is not None:
+            keys[fld] = key
+        elif fld not in _OPTIONAL and fld != "transl":
+            raise DataError(path, fld, f"missing (looked for {also}{list(aliases)}; keys present: "
+                            f"{sorted(map(str, obj))})")
+    return keys
+
+
 def read_frame_params(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """One frame's SMPL-X parameters as flat float32 arrays (keys of ``SMPLX182_SLICES``;
     ``transl`` absent when the frame has none; optional fields absent when missing)."""
@@ -208,12 +223,7 @@ def read_frame_params(path: str | os.PathLike) -> dict[str, np.ndarray]:
     if not isinstance(obj, dict):
         raise DataError(path, "file", f"expected a dict of SMPL-X parameters, got {type(obj).__name__}")
     out: dict[str, np.ndarray] = {}
-    for fld, aliases in _ALIASES.items():
-        key = next((a for a in aliases if a in obj), None)
-        if key is None:
-            if fld in _OPTIONAL or fld == "transl":
-                continue
-            raise DataError(path, fld, f"missing (looked for {list(aliases)}; keys present: {sorted(map(str, obj))})")
+    for fld, key in _field_keys(obj, path).items():
         value = _numeric(obj[key], path, fld, key).reshape(-1)
         if fld in _SIZES and value.size != _SIZES[fld]:
             hint = " (PCA hand poses are not supported: export full axis-angle)" if "hand" in fld else ""
@@ -241,13 +251,7 @@ def read_clip_params(path: str | os.PathLike) -> dict[str, np.ndarray]:
         raise DataError(path, "smplx", f"expected a (T, 182) 'smplx' array or a dict of arrays, got "
                         f"{type(obj).__name__}")
     out: dict[str, np.ndarray] = {}
-    for fld, aliases in _ALIASES.items():
-        key = next((a for a in aliases if a in obj), None)
-        if key is None:
-            if fld in _OPTIONAL or fld == "transl":
-                continue
-            raise DataError(path, fld, f"missing (looked for 'smplx' and {list(aliases)}; keys present: "
-                            f"{sorted(map(str, obj))})")
+    for fld, key in _field_keys(obj, path, also="'smplx' and ").items():
         value = _numeric(obj[key], path, fld, key)
         out[fld] = value.reshape(value.shape[0], -1).astype(np.float32) if value.ndim else value
     return out
