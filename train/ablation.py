@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 
 from sald_fast.config import VARIANT_LABELS, VARIANTS, SALDConfig, apply_variant, variant_difference, variant_fields
-from sald_fast.text import build_text_encoder
+from sald_fast.text import TextEncoder, build_text_encoder
 
 from .common import Dist, JsonlLogger, add_common_args, config_from_args, resolve_device
 
@@ -134,10 +134,12 @@ def _sampling_latency(model, text: str, num_frames: int, repeats: int = 3) -> fl
 
 
 def train_variant(name: str, cfg: SALDConfig, run: Path, args: argparse.Namespace, device: torch.device,
-                  evaluator_dir: Path, shared_vae: dict[str, Path]) -> dict:
+                  evaluator_dir: Path, shared_vae: dict[str, Path], text_encoder: TextEncoder) -> dict:
     """Train (or resume) variant ``name`` in folder ``run``, evaluate it with ``evaluator_dir``
     and return its row (also written to ``run/ablation.json``). ``shared_vae``: VAE key -> the
-    folder whose finished ``vae/`` a variant with the same VAE copies instead of training."""
+    folder whose finished ``vae/`` a variant with the same VAE copies instead of training.
+    ``text_encoder``: built from ``cfg.text`` and shared by every variant (its feature cache
+    too); ``cfg.denoiser.text_dim`` must already be its dim."""
     from sald_fast.eval import evaluate_run
     from sald_fast.pipeline import SignSALD
 
@@ -150,8 +152,6 @@ def train_variant(name: str, cfg: SALDConfig, run: Path, args: argparse.Namespac
     _write_json(run / "config.json", cfg.to_dict())
     log = JsonlLogger(run / "log.jsonl", True)
     stage_args = argparse.Namespace(**{**vars(args), "run": str(run), "resume": True})
-    text_encoder = build_text_encoder(cfg.text)
-    cfg.denoiser.text_dim = text_encoder.dim
     timings = json.loads((run / "timings.json").read_text()) if (run / "timings.json").exists() else {}
     key = _vae_key(cfg)
     vae_from = None
@@ -273,6 +273,8 @@ def main(argv: list[str] | None = None) -> int:
 
     print_backend_line(device, args.backend)
     base = config_from_args(argparse.Namespace(**{**vars(args), "run": str(root), "resume": False}))
+    text_encoder = build_text_encoder(base.text)  # one encoder (and text-feature cache) for every variant
+    base.denoiser.text_dim = text_encoder.dim
 
     evaluator_dir = Path(args.evaluator) if args.evaluator else root / "evaluator"
     if args.evaluator is None and not (evaluator_dir / "DONE").exists():
@@ -291,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in sorted(order, key=lambda n: n not in ("full", "no_st_latent", "atoms5", "atoms9")):
         cfg = _variant_config(base, name, args.budget_minutes, args.vae_share)
         print(f"== variant {name} ({VARIANT_LABELS[name]})", flush=True)
-        rows[name] = train_variant(name, cfg, root / name, args, device, evaluator_dir, shared_vae)
+        rows[name] = train_variant(name, cfg, root / name, args, device, evaluator_dir, shared_vae, text_encoder)
     settings = {"preset": args.preset, "data": args.data, "seed": base.train.seed, "budget_minutes": args.budget_minutes,
                 "vae_share": args.vae_share, "evaluator": str(evaluator_dir), "device": str(device),
                 "num_samples": args.num_samples}
