@@ -26,7 +26,10 @@ Implementations: ``reference`` (backend "reference", eager), ``compiled_referenc
 (``torch.compile`` of that model, inductor), ``fast`` (backend "auto": the Triton kernels on
 CUDA; the C++ extension's graph convolution, and on the CPU its fused FiLM + residual +
 LayerNorm) and, on CUDA, ``compiled_fast`` and (sampling) ``compiled_fast_cudagraphs`` (mode
-"reduce-overhead"). ``fast`` is skipped where it would run the same code as the reference. On the
+"reduce-overhead"); for sampling also ``fast_compiled`` (``generate(..., compile=True)``: the
+sampling fast path, a compiled frozen copy of the "auto" denoiser, one sentence) and, on CUDA,
+``fast_cuda_graph`` (``generate(..., cuda_graph=True)``). ``fast`` is skipped where it would run
+the same code as the reference. On the
 CPU the denoiser training step is the case that compares all four (reference, compiled
 reference, fast, compiled fast: minutes of compilation); elsewhere on the CPU ``compiled_fast`` is
 skipped (its compile time would dominate the run).
@@ -295,9 +298,12 @@ def test_vae_decode(timer, smoke, compile_backend, impl):
 SENTENCES = ["where is the library?", "thank you very much", "the weather is cold today", "good morning, my friend"]
 
 
-@pytest.mark.parametrize("impl", IMPLS + ["compiled_fast_cudagraphs", "fast_cuda_graph"])
+@pytest.mark.parametrize("impl", IMPLS + ["compiled_fast_cudagraphs", "fast_cuda_graph", "fast_compiled"])
 def test_sampling(timer, smoke, compile_backend, impl, case):
     name, batch = case
+    if impl == "fast_compiled" and (smoke or batch > 1):
+        pytest.skip("generate(compile=True): timed on one sentence (its compile time would dominate a smoke run; "
+                    "tests/test_sampling_fast.py checks its output)")
     if CUDA and name == "tiny" and not smoke:
         pytest.skip("sampling with the tiny preset: timed on the CPU only (the GPU report covers the paper preset)")
     if not CUDA and not smoke and (name, batch) == ("paper", 64):
@@ -306,10 +312,12 @@ def test_sampling(timer, smoke, compile_backend, impl, case):
         pytest.skip("sampling a batch on the CPU: the reference only (the one-sentence cases compare implementations)")
     if impl == "fast_cuda_graph" and not CUDA:
         pytest.skip("the whole-run CUDA graph (generate(cuda_graph=True)) needs a GPU")
-    backend = _check_impl(impl, DENOISER_OPS + VAE_OPS, smoke)
+    backend = "auto" if impl == "fast_compiled" else _check_impl(impl, DENOISER_OPS + VAE_OPS, smoke)
     cfg = _config(name, smoke)
-    pipe = _pipeline(name, "fast" if impl == "fast_cuda_graph" else impl, backend, smoke, compile_backend)
+    pipe = _pipeline(name, "fast" if impl in ("fast_cuda_graph", "fast_compiled") else impl, backend, smoke,
+                     compile_backend)
     graph = impl == "fast_cuda_graph"
+    compile_it = impl == "fast_compiled"
     steps, frames = (2, cfg.train.num_frames) if smoke else (50, cfg.train.num_frames)
     texts = [f"{SENTENCES[i % len(SENTENCES)]} ({i})" if batch > 1 else SENTENCES[0] for i in range(batch)]
 
@@ -317,7 +325,7 @@ def test_sampling(timer, smoke, compile_backend, impl, case):
         model.text_encoder.clear_cache()  # the prompt's encoding is part of the latency
         with autocast():
             return model.generate(prompts, num_frames=frames, steps=num_steps, seed=0,
-                                  cuda_graph=graph and model is pipe).positions
+                                  cuda_graph=graph and model is pipe, compile=compile_it and model is pipe).positions
 
     reference = functools.partial(_pipeline, name, "reference", "reference", smoke, compile_backend)
     one_step, two_steps = (_flops(smoke, lambda: generate(reference(), texts[:1], n)) for n in (1, 2))
@@ -326,7 +334,8 @@ def test_sampling(timer, smoke, compile_backend, impl, case):
     positions = timer(functools.partial(generate, pipe, texts, steps), [()],
                       group=f"sampling {name}, {batch} sentence{'s' if batch > 1 else ''} (DDIM-{steps}, {frames} frames)",
                       impl=impl, flops=flops,
-                      warmup=3 if impl.endswith("cudagraphs") else 2 if impl.startswith("compiled") or graph else 1,
+                      warmup=3 if impl.endswith("cudagraphs") else 2 if impl.startswith("compiled") or graph
+                      or compile_it else 1,
                       precision=PRECISION, steps=steps, guidance=cfg.diffusion.guidance,
                       shape=f"{batch} x {frames} frames, DDIM-{steps}, CFG (denoiser batch {2 * batch})")
     assert positions.shape == (batch, frames, 44, 3) and torch.isfinite(positions).all()

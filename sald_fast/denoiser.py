@@ -134,7 +134,16 @@ class CrossAttention(nn.Module):
         B, N, J, D = x.shape
         H = self.num_heads
         q = self.q(x).view(B, N * J, H, D // H).transpose(1, 2)  # (B, H, N*J, d)
-        o = F.scaled_dot_product_attention(q, keys.to(q.dtype), values.to(q.dtype), attn_mask=mask)
+        keys, values = keys.to(q.dtype), values.to(q.dtype)
+        if q.device.type == "cpu" and torch.compiler.is_compiling():
+            # the same softmax(q k^T / sqrt(d)) v, as ops inductor fuses: on the CPU the flash kernel
+            # costs ~0.1 ms a call at sampling sizes (tiny: 17% of a compiled DDIM-50 run)
+            s = torch.matmul(q, keys.transpose(-1, -2)) * (D // H) ** -0.5
+            if mask is not None:
+                s = s.masked_fill(~mask, float("-inf"))
+            o = torch.matmul(torch.softmax(s, dim=-1), values)
+        else:
+            o = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
         return self.proj(o.transpose(1, 2).reshape(B, N, J, D))
 
 
@@ -221,6 +230,11 @@ class DenoiserLayer(nn.Module):
         """(gamma, beta), each (B, D), of sub-block k from SiLU(timestep embedding) (B, D)."""
         delta_gamma, beta = self.film[k](temb_act).chunk(2, dim=-1)
         return 1.0 + delta_gamma, beta
+
+    def film_stack(self, temb_act: torch.Tensor) -> torch.Tensor:
+        """Every sub-block's (gamma, beta) at once: SiLU(timestep embedding) (S, D) -> (S, K, 2, D)."""
+        out = torch.stack([self.film[k](temb_act).unflatten(-1, (2, -1)) for k in range(len(self.film))], dim=1)
+        return out + torch.tensor([1.0, 0.0], dtype=out.dtype, device=out.device).view(1, 1, 2, 1)
 
 
 class Denoiser(BackendAttribute, VariantCheckedLoad, nn.Module):
@@ -372,6 +386,27 @@ class Denoiser(BackendAttribute, VariantCheckedLoad, nn.Module):
         if drop_text.device != device:
             raise ValueError(f"drop_text is on {drop_text.device} but the model is on {device}")
 
+    # ------------------------------------------------------------------ timesteps
+
+    def film_parameters(self, t: torch.Tensor) -> torch.Tensor:
+        """FiLM (gamma, beta) of every sub-block for timesteps ``t`` (S,): (S, F, 2, D), F the
+        model's sub-blocks in forward order (layer by layer).
+
+        A sampler computes them once for all its steps and hands row i to :meth:`forward`
+        (``film=table[i:i + 1]``), instead of the timestep MLP and F small projections per step.
+        """
+        dtype, device = self._param_dtype_device()
+        if not isinstance(t, torch.Tensor) or t.dim() != 1 or t.dtype == torch.bool or t.is_complex():
+            raise TypeError(f"t must be a 1-D int or float tensor of timesteps, got "
+                            f"{getattr(t, 'shape', type(t).__name__)}")
+        temb_act = F.silu(self.time_mlp(timestep_embedding(t.to(device), self.config.dim).to(dtype)))
+        return torch.cat([layer.film_stack(temb_act) for layer in self.layers], dim=1)
+
+    @property
+    def num_film(self) -> int:
+        """F: how many FiLM'd sub-blocks the model has (rows of :meth:`film_parameters`)."""
+        return sum(len(layer.film) for layer in self.layers)
+
     # ------------------------------------------------------------------ forward
 
     def validate_values(self, num_frames: int, lengths: torch.Tensor | None = None,
@@ -449,7 +484,8 @@ class Denoiser(BackendAttribute, VariantCheckedLoad, nn.Module):
 
     def forward(self, z_t: torch.Tensor, t: torch.Tensor | int | float, text: torch.Tensor | None = None,
                 text_mask: torch.Tensor | None = None, lengths: torch.Tensor | None = None,
-                drop_text: torch.Tensor | None = None, *, text_context: TextContext | None = None) -> torch.Tensor:
+                drop_text: torch.Tensor | None = None, *, text_context: TextContext | None = None,
+                film: torch.Tensor | None = None, shared_halves: bool = False) -> torch.Tensor:
         """Predict the diffusion target of ``z_t`` (the noise, the clean latent or v, as the
         ``DiffusionConfig.prediction_type`` it was trained with says).
 
@@ -459,24 +495,34 @@ class Denoiser(BackendAttribute, VariantCheckedLoad, nn.Module):
         valid latent frames (None: all; values are not read here -- see :meth:`validate_values`,
         which the sampler and the trainer's datasets run once per batch); drop_text: (B,) bool, True = use the null token for that
         sample. ``text_context`` (keyword): keys/values from :meth:`encode_text` to use instead of
-        ``text``/``text_mask``/``drop_text``. Returns the prediction (B, N', J', d_z) in z_t's dtype; outputs on
-        valid frames do not depend on the content of padded frames.
+        ``text``/``text_mask``/``drop_text``. ``film`` (keyword): (1 or B, F, 2, D) FiLM parameters of
+        ``t`` from :meth:`film_parameters` (then ``t`` itself is not read). ``shared_halves``
+        (keyword): the caller promises that the two halves of the batch have the same z_t, t and
+        lengths (the conditional and unconditional halves of a classifier-free-guidance batch), so
+        the sub-blocks before the first text-conditioned one run once, on the first half, and are
+        copied (the same result as running both halves). Returns the prediction (B, N', J', d_z)
+        in z_t's dtype; outputs on valid frames do not depend on the content of padded frames.
         """
         t, context = self._check_inputs(z_t, t, text, text_mask, lengths, drop_text, text_context)
         B, N, J, _ = z_t.shape
         dtype, device = self._param_dtype_device()
+        self._check_film(film, shared_halves, B, device)
         if context is None:
             context = self.encode_text(text, text_mask, drop_text, batch_size=B)
         backend = self.backend
         with nvtx_range("denoiser"):
-            z = self.input_proj(z_t.to(dtype))
+            # shared halves: the text-independent start runs on the first half (b rows), and the
+            # stream is copied to both halves in front of the first text-conditioned sub-block
+            b = B // 2 if shared_halves else B
+            z = self.input_proj(z_t[:b].to(dtype))
             z = z + self.frame_embedding[:N].to(z.dtype).view(1, N, 1, -1) + self.joint_embedding.view(1, 1, J, -1)
-            temb = self.time_mlp(timestep_embedding(t, self.config.dim).to(dtype))
-            temb_act = F.silu(temb)
+            temb_act = None if film is not None else F.silu(self.time_mlp(timestep_embedding(t, self.config.dim)
+                                                                          .to(dtype)))
             first = self.layers[0].norms[0]
             y = F.layer_norm(z, first.normalized_shape, first.weight, first.bias, first.eps)
             outputs: list[torch.Tensor] = []
             tau = self.config.skip_tau
+            f = 0  # row of ``film``
             for l, layer in enumerate(self.layers):
                 if tau and l >= tau and (l - tau) < len(self.skips):
                     z = z + self.skips[l - tau](outputs[l - tau])
@@ -484,9 +530,17 @@ class Denoiser(BackendAttribute, VariantCheckedLoad, nn.Module):
                     y = F.layer_norm(z, ln.normalized_shape, ln.weight, ln.bias, ln.eps)
                 with nvtx_range(f"denoiser.layer{l}"):
                     last = len(layer.norms) - 1
-                    for k, (_, sub_block) in enumerate(layer.sub_blocks(lengths, context, l, backend)):
+                    for k, (name, sub_block) in enumerate(layer.sub_blocks(
+                            lengths if b == B or lengths is None else lengths[:b], context, l, backend)):
+                        if b != B and name in ("cross", "text_concat"):
+                            z, y, b = torch.cat([z, z]), torch.cat([y, y]), B
                         h = sub_block(y)
-                        gamma, beta = layer.film_params(k, temb_act)
+                        if film is None:
+                            gamma, beta = layer.film_params(k, temb_act[:b])
+                        else:
+                            row = film[:, f]  # (1 or B, 2, D)
+                            gamma, beta = (row.expand(b, 2, -1) if row.shape[0] == 1 else row[:b]).unbind(1)
+                        f += 1
                         nxt = layer.norms[k + 1] if k < last else (
                             self.layers[l + 1].norms[0] if l + 1 < len(self.layers) else self.out_norm)
                         z, y = ops.film_residual_layernorm(z, h.to(z.dtype), gamma.to(z.dtype), beta.to(z.dtype),
@@ -494,6 +548,21 @@ class Denoiser(BackendAttribute, VariantCheckedLoad, nn.Module):
                 outputs.append(z)
             eps = self.out_proj(y)
         return eps.to(z_t.dtype)
+
+    def _check_film(self, film: torch.Tensor | None, shared_halves: bool, B: int, device: torch.device) -> None:
+        if shared_halves and B % 2:
+            raise ValueError(f"shared_halves=True needs an even batch (two equal halves), got B={B}")
+        if film is None:
+            return
+        shape = (self.num_film, 2, self.config.dim)
+        if not isinstance(film, torch.Tensor) or not film.is_floating_point():
+            raise TypeError(f"film must be a floating tensor (1 or B, F, 2, D) from film_parameters, got "
+                            f"{getattr(film, 'dtype', type(film).__name__)}")
+        if film.dim() != 4 or film.shape[0] not in (1, B) or tuple(film.shape[1:]) != shape:
+            raise ValueError(f"film must be (1 or B={B}, F, 2, D) = (1 or {B}, {', '.join(map(str, shape))}), "
+                             f"got shape {tuple(film.shape)}")
+        if film.device != device:
+            raise ValueError(f"film is on {film.device} but the model is on {device}")
 
 
 def _denoiser_variant(state_dict) -> dict:

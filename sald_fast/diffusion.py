@@ -18,6 +18,7 @@ Shapes: z (B, N', J', d_z); text (B, L, text_dim); text_mask (B, L) bool; length
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 from dataclasses import dataclass
@@ -202,7 +203,9 @@ def _fit_update(new: torch.Tensor, xs: list[torch.Tensor], outs: list[torch.Tens
             break
         cols = [xs[-1 - w] for w in range(width)] + [outs[-1 - w] for w in range(width)]
         basis = torch.stack(cols, dim=1)  # (K, 2 * width)
-        coef = torch.linalg.lstsq(basis, new[:, None]).solution[:, 0]
+        # SVD-based: the basis is rank-deficient at the first steps (a sample is a combination of the
+        # earlier ones), where the default QR driver can pick an unstable solution
+        coef = torch.linalg.lstsq(basis, new[:, None], driver="gelsd").solution[:, 0]
         if float((basis @ coef - new).abs().max()) <= 1e-5 * scale:
             coef = torch.where(coef.abs() > 1e-9 * scale, coef, torch.zeros_like(coef))
             return tuple(coef[:width].tolist()), tuple(coef[width:].tolist())
@@ -336,7 +339,8 @@ class GaussianDiffusion(nn.Module):
                steps: int | None = None, guidance: float | None = None, scheduler=None,
                generator: torch.Generator | None = None, progress: bool = False,
                device: torch.device | str | None = None, reuse_text: bool = True,
-               cuda_graph: bool = False) -> torch.Tensor:
+               cuda_graph: bool = False, pad_frames_to: int | None = None,
+               noise: torch.Tensor | None = None) -> torch.Tensor:
         """Draw z0 (B, N', J', d_z) by reverse diffusion from ``z_T ~ N(0, I)``.
 
         ``scheduler``: a name in :data:`SCHEDULERS`, a diffusers scheduler instance, or None
@@ -355,6 +359,12 @@ class GaussianDiffusion(nn.Module):
         and update) as one CUDA graph, once per (denoiser, batch, shape, text length, steps,
         scheduler, guidance), then replay it with the new noise and text copied into its static
         inputs. Needs CUDA tensors and a planned scheduler (``ValueError`` otherwise).
+
+        ``pad_frames_to``: run the denoiser on this many latent frames (>= N'), the extra ones
+        padding (zero noise, masked out by ``lengths``, which default to N'), and return the first
+        N': the same draws and, on the valid frames, the same result as the unpadded run (to float
+        rounding), so a compiled denoiser serves many lengths with one shape. ``noise``: the start
+        z_T (``shape``, float32) to use instead of a draw from ``generator``.
         """
         steps = self.cfg.sample_steps if steps is None else steps
         guidance = self.cfg.guidance if guidance is None else guidance
@@ -384,7 +394,23 @@ class GaussianDiffusion(nn.Module):
             if plan is None:
                 raise ValueError(f"cuda_graph=True needs one of the schedulers {', '.join(PLANNED_SCHEDULERS)}, "
                                  f"got {scheduler!r}")
-        noise = _randn(tuple(shape), generator, device)
+        if noise is None:
+            noise = _randn(tuple(shape), generator, device)
+        elif not isinstance(noise, torch.Tensor) or tuple(noise.shape) != tuple(shape) or noise.device != device:
+            raise ValueError(f"noise must be a tensor of shape {tuple(shape)} on {device}, got "
+                             f"{getattr(noise, 'shape', type(noise).__name__)}")
+        if pad_frames_to is not None and int(pad_frames_to) != shape[1]:
+            if isinstance(pad_frames_to, bool) or int(pad_frames_to) < shape[1]:
+                raise ValueError(f"pad_frames_to must be >= N'={shape[1]}, got {pad_frames_to!r}")
+            if lengths is None:
+                lengths = torch.full((shape[0],), shape[1], dtype=torch.long, device=device)
+            extra = int(pad_frames_to) - shape[1]
+            z = self.sample(denoiser, (shape[0], int(pad_frames_to), shape[2], shape[3]), text, text_mask, lengths,
+                            steps=steps, guidance=guidance, scheduler=scheduler, generator=generator,
+                            progress=progress, device=device,
+                            reuse_text=reuse_text, cuda_graph=cuda_graph,
+                            noise=torch.cat([noise, noise.new_zeros(shape[0], extra, *shape[2:])], dim=1))
+            return z[:, :shape[1]]
         if plan is not None:
             if cuda_graph:
                 return self._sample_graphed(denoiser, plan, noise, text, text_mask, lengths, guidance, reuse_text)
@@ -488,9 +514,13 @@ def _text_context(denoiser, text_in, mask_in, drop_in, reuse_text: bool):
 
 
 def _guided(denoiser, z_in, t_in, context, text_in, mask_in, len_in, drop_in, cfg_batch: bool,
-            guidance: float) -> torch.Tensor:
-    """One denoiser call on the (CFG) batch -> the guided prediction (B, N', J', d_z) float32."""
-    if context is not None:
+            guidance: float, film: torch.Tensor | None = None) -> torch.Tensor:
+    """One denoiser call on the (CFG) batch -> the guided prediction (B, N', J', d_z) float32.
+    ``film``: the step's FiLM parameters (1, F, 2, D) from the denoiser's ``film_parameters``
+    (given only with a text context; the CFG halves are then run as shared halves)."""
+    if film is not None:
+        eps = denoiser(z_in, t_in, lengths=len_in, text_context=context, film=film, shared_halves=cfg_batch).float()
+    elif context is not None:
         eps = denoiser(z_in, t_in, lengths=len_in, text_context=context).float()
     else:
         eps = denoiser(z_in, t_in, text_in, mask_in, len_in, drop_in).float()
@@ -511,25 +541,36 @@ def _run_plan(denoiser, plan: SamplingPlan, noise: torch.Tensor, text, text_mask
     batch = 2 * B if cfg_batch else B
     if t_table is None:
         t_table = plan.timesteps.to(noise.device).view(-1, 1).expand(-1, batch)  # (S, batch), one copy per run
+    # the FiLM parameters of every step at once, where the denoiser offers them (with reused text)
+    film = None
+    if context is not None and callable(getattr(denoiser, "film_parameters", None)):
+        film = denoiser.film_parameters(t_table[:, 0])  # (S, F, 2, D)
     z = noise * plan.init_sigma
     zs: list[torch.Tensor] = [z]
     outs: list[torch.Tensor] = []
     keep = plan.window
-    for i in tqdm(range(plan.num_steps), desc="sampling", disable=not progress, leave=False):
-        scale = plan.scales[i]
-        z_in = z if scale == 1.0 else z * scale
-        if cfg_batch:
-            z_in = torch.cat([z_in, z_in])
-        outs.append(_guided(denoiser, z_in, t_table[i], context, text_in, mask_in, len_in, drop_in, cfg_batch,
-                            guidance))
-        a, b = plan.a[i], plan.b[i]
-        z = z * a[0] if a[0] != 1.0 else z.clone()
-        for w, c in enumerate(a[1:], start=1):
-            if c != 0.0:
-                z.add_(zs[-1 - w], alpha=c)
-        for w, c in enumerate(b):
-            if c != 0.0:
-                z.add_(outs[-1 - w], alpha=c)
-        zs.append(z)
-        del zs[:-keep], outs[:-keep]
+    # a compiled denoiser that says so (SignSALD.compiled_denoiser) sees inputs of one shape at
+    # every step of a run: after step 0 has picked (or compiled) its graph, Dynamo checks only the
+    # guards that tell its cached graphs apart
+    steady = bool(getattr(denoiser, "sald_steady_steps", False))
+    with contextlib.ExitStack() as stack:
+        for i in tqdm(range(plan.num_steps), desc="sampling", disable=not progress, leave=False):
+            if i == 1 and steady:
+                stack.enter_context(torch.compiler.set_stance("default", skip_guard_eval_unsafe=True))
+            scale = plan.scales[i]
+            z_in = z if scale == 1.0 else z * scale
+            if cfg_batch:
+                z_in = torch.cat([z_in, z_in])
+            outs.append(_guided(denoiser, z_in, t_table[i], context, text_in, mask_in, len_in, drop_in, cfg_batch,
+                                guidance, None if film is None else film[i:i + 1]))
+            a, b = plan.a[i], plan.b[i]
+            z = z * a[0] if a[0] != 1.0 else z.clone()
+            for w, c in enumerate(a[1:], start=1):
+                if c != 0.0:
+                    z.add_(zs[-1 - w], alpha=c)
+            for w, c in enumerate(b):
+                if c != 0.0:
+                    z.add_(outs[-1 - w], alpha=c)
+            zs.append(z)
+            del zs[:-keep], outs[:-keep]
     return z

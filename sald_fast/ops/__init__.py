@@ -76,7 +76,7 @@ def film_residual_layernorm(z, h, gamma, beta, weight=None, bias=None, eps: floa
             if t.shape != (D,):
                 raise ValueError(f"{name} must be (D,) = {(D,)}, got {tuple(t.shape)}")
     _check_device(z, h=h, gamma=gamma, beta=beta, weight=weight, bias=bias)
-    fn = resolve("film_residual_layernorm", backend, z.device, z.dtype, J)
+    fn = resolve("film_residual_layernorm", backend, z.device, z.dtype, J, num_rows=B * N * J)
     with nvtx_range("film_residual_layernorm"):
         return fn(z, h, gamma, beta, weight, bias, eps)
 

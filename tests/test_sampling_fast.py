@@ -1,0 +1,206 @@
+"""The sampling fast path: FiLM parameters computed once per run (``Denoiser.film_parameters``),
+the shared CFG halves, padded frames and text tokens, ``SignSALD.generate(compile=True)`` and
+``auto``'s size rule for the CPU FiLM + LayerNorm kernel. Each is checked against the plain
+path it replaces (fp32, tolerance 1e-5 relative to the output's scale)."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+from sald_fast import ops
+from sald_fast.config import DenoiserConfig, DiffusionConfig, TextConfig, apply_variant, preset
+from sald_fast.denoiser import Denoiser
+from sald_fast.diffusion import GaussianDiffusion
+from sald_fast.ops import dispatch
+from sald_fast.pipeline import SignSALD, compile_bucket
+
+
+def _denoiser(**changes) -> Denoiser:
+    torch.manual_seed(0)
+    cfg = DenoiserConfig(latent_dim=4, num_atoms=5, dim=16, num_layers=3, num_heads=2, ffn_mult=2, text_dim=8,
+                         max_latent_frames=12, skip_tau=2, **changes)
+    den = Denoiser(cfg, backend="reference").eval()
+    with torch.no_grad():  # non-zero FiLM and skips, so every term matters
+        for p in den.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return den
+
+
+def _close(a: torch.Tensor, b: torch.Tensor, rel: float = 1e-5) -> None:
+    assert a.shape == b.shape
+    err = (a - b).abs().max().item()
+    assert err <= rel * max(b.abs().max().item(), 1.0), err
+
+
+def _cfg_batch(den: Denoiser, B: int = 2, N: int = 6, L: int = 5, seed: int = 0):
+    """A CFG batch: the same z, t and lengths twice, conditional then unconditional text."""
+    g = torch.Generator().manual_seed(seed)
+    c = den.config
+    z = torch.randn(B, N, c.num_atoms, c.latent_dim, generator=g)
+    text = torch.randn(B, L, c.text_dim, generator=g)
+    mask = torch.ones(B, L, dtype=torch.bool)
+    mask[-1, 2:] = False
+    lengths = torch.randint(1, N + 1, (B,), generator=g)
+    t = torch.full((2 * B,), 637)
+    drop = torch.cat([torch.zeros(B, dtype=torch.bool), torch.ones(B, dtype=torch.bool)])
+    return (torch.cat([z, z]), t, torch.cat([text, text]), torch.cat([mask, mask]), torch.cat([lengths, lengths]),
+            drop)
+
+
+VARIANTS = [{}, {"temporal_attention": False}, {"skeletal_attention": False}, {"text_conditioning": "concat"}]
+
+
+@pytest.mark.parametrize("changes", VARIANTS, ids=["full", "no_temporal", "no_skeletal", "concat"])
+@torch.no_grad()
+def test_film_table_and_shared_halves_equal_the_plain_forward(changes):
+    den = _denoiser(**changes)
+    z, t, text, mask, lengths, drop = _cfg_batch(den)
+    expected = den(z, t, text, mask, lengths, drop)
+    context = den.encode_text(text, mask, drop)
+    film = den.film_parameters(torch.tensor([637, 12]))
+    assert film.shape == (2, den.num_film, 2, den.config.dim)
+    for kwargs in ({"film": film[:1]}, {"shared_halves": True}, {"film": film[:1], "shared_halves": True},
+                   {"film": film[:1].expand(z.shape[0], -1, -1, -1), "shared_halves": True}):
+        out = den(z, t, lengths=lengths, text_context=context, **kwargs)
+        _close(out, expected)
+    # another timestep's row gives another answer: the table is what the forward reads
+    assert not torch.allclose(den(z, t, lengths=lengths, text_context=context, film=film[1:]), expected, atol=1e-4)
+
+
+def test_film_and_shared_halves_reject_bad_input():
+    den = _denoiser()
+    z, t, text, mask, lengths, drop = _cfg_batch(den)
+    context = den.encode_text(text, mask, drop)
+    with pytest.raises(ValueError, match="even batch"):
+        den(z[:3], t[:3], lengths=lengths[:3], text_context=den.encode_text(text[:3], mask[:3], drop[:3]),
+            shared_halves=True)
+    with pytest.raises(ValueError, match="film must be"):
+        den(z, t, lengths=lengths, text_context=context, film=torch.zeros(1, den.num_film - 1, 2, 16))
+    with pytest.raises(TypeError, match="film must be a floating"):
+        den(z, t, lengths=lengths, text_context=context, film=torch.zeros(1, den.num_film, 2, 16, dtype=torch.long))
+    with pytest.raises(TypeError, match="1-D int or float"):
+        den.film_parameters(torch.zeros(2, 2))
+
+
+@pytest.mark.parametrize("scheduler", ["ddim", "dpm++"])
+def test_sampler_with_film_table_equals_the_sampler_without(scheduler):
+    """The planned sampler hands the denoiser its FiLM rows and the shared CFG halves; a wrapper
+    without ``film_parameters`` gets neither and must give the same latents."""
+    den = _denoiser()
+    diffusion = GaussianDiffusion(DiffusionConfig())
+    z, t, text, mask, lengths, drop = _cfg_batch(den)
+    B = 2
+
+    class Plain(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def encode_text(self, *args):
+            return self.inner.encode_text(*args)
+
+        def forward(self, *args, **kwargs):
+            return self.inner(*args, **kwargs)
+
+    shape = (B, 6, 5, 4)
+    runs = [diffusion.sample(d, shape, text[:B], mask[:B], lengths[:B], steps=8, guidance=2.5, scheduler=scheduler,
+                             generator=torch.Generator().manual_seed(3)) for d in (den, Plain(den))]
+    _close(runs[0], runs[1])
+
+
+def test_padded_frames_equal_the_unpadded_run():
+    den = _denoiser()
+    diffusion = GaussianDiffusion(DiffusionConfig())
+    _, _, text, mask, _, _ = _cfg_batch(den)
+    shape = (2, 5, 5, 4)
+    lengths = torch.tensor([5, 3])
+    for lens in (None, lengths):
+        plain = diffusion.sample(den, shape, text[:2], mask[:2], lens, steps=6, generator=torch.Generator().manual_seed(1))
+        padded = diffusion.sample(den, shape, text[:2], mask[:2], lens, steps=6, pad_frames_to=12,
+                                  generator=torch.Generator().manual_seed(1))
+        assert padded.shape == shape
+        valid = torch.arange(5).view(1, 5) < (torch.full((2,), 5) if lens is None else lens).view(2, 1)
+        _close(padded[valid], plain[valid])
+    with pytest.raises(ValueError, match="pad_frames_to must be >= N'"):
+        diffusion.sample(den, shape, text[:2], mask[:2], None, steps=2, pad_frames_to=4)
+    with pytest.raises(ValueError, match="noise must be a tensor of shape"):
+        diffusion.sample(den, shape, text[:2], mask[:2], None, steps=2, noise=torch.zeros(2, 4, 5, 4))
+
+
+def test_compile_bucket():
+    assert [compile_bucket(n) for n in (1, 8, 9, 16, 17, 33, 64, 65, 200, 257, 300)] == \
+        [8, 8, 16, 16, 24, 48, 64, 96, 256, 384, 384]
+    with pytest.raises(ValueError, match="num_latent_frames must be >= 1"):
+        compile_bucket(0)
+
+
+def _small_model(backend: str = "auto") -> SignSALD:
+    cfg = preset("tiny")
+    cfg.text = TextConfig(kind="tiny", max_tokens=12, tiny_dim=32, seed=0)
+    cfg.denoiser.text_dim = 32
+    cfg.denoiser.num_layers = 2
+    model = SignSALD.from_config(cfg, seed=0, backend=backend).eval()
+    with torch.no_grad():
+        for p in model.denoiser.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return model
+
+
+def test_compiled_denoiser_is_remade_when_the_weights_change():
+    model = _small_model()
+    first = model.compiled_denoiser()
+    assert model.compiled_denoiser() is first  # cached
+    assert "_compiled_denoiser" not in dict(model.named_modules()) and \
+        not any(k.startswith("_compiled") for k in model.state_dict())
+    with torch.no_grad():
+        model.denoiser.out_proj.bias.add_(1.0)  # an in-place update
+    second = model.compiled_denoiser()
+    assert second is not first
+    assert torch.equal(second._orig_mod.out_proj.bias, model.denoiser.out_proj.bias)  # a copy of the new weights
+    model.denoiser.backend = "reference"
+    assert model.compiled_denoiser() is not second
+
+
+@pytest.mark.slow
+def test_generate_compiled_equals_eager():
+    """generate(compile=True) (inductor, frozen weights, padded frames and tokens) gives the eager
+    output of the same seed, for two lengths in one bucket (one compiled graph)."""
+    model = _small_model()
+    for frames in (20, 28):  # latent 5 and 7 -> bucket 8
+        eager = model.generate("where is the library", num_frames=frames, steps=4, seed=5)
+        fast = model.generate("where is the library", num_frames=frames, steps=4, seed=5, compile=True)
+        _close(fast.features, eager.features, rel=1e-4)
+        _close(fast.positions, eager.positions, rel=1e-4)
+
+
+# ----------------------------------------------------------------------------- auto's size rule
+
+def test_auto_keeps_the_reference_film_kernel_for_small_cpu_inputs(monkeypatch, caplog):
+    if not dispatch._try_load("cuda"):
+        pytest.skip("the C++ extension does not build here")
+    from sald_fast.ops.extension_backend import CPU_FILM_MIN_ROWS
+
+    monkeypatch.setattr(dispatch, "_noted", set())
+    with caplog.at_level(logging.INFO, logger="sald_fast.ops"):
+        small = ops.backend_report("cpu", "auto", num_rows=CPU_FILM_MIN_ROWS - 1)
+        large = ops.backend_report("cpu", "auto", num_rows=CPU_FILM_MIN_ROWS)
+        explicit = ops.backend_report("cpu", "cuda", num_rows=8)
+    assert small["film_residual_layernorm"] == "reference"
+    assert large["film_residual_layernorm"] == "extension"
+    assert explicit["film_residual_layernorm"] == "extension"  # an explicit backend is not second-guessed
+    notes = [r.getMessage() for r in caplog.records if "film_residual_layernorm" in r.getMessage()]
+    assert any("extension is slower for these inputs" in n and f"fewer than {CPU_FILM_MIN_ROWS} rows" in n
+               for n in notes), notes
+    # and the op follows the rule per call
+    z = torch.randn(1, 2, 3, 8)
+    args = (z, torch.randn_like(z), torch.randn(1, 8), torch.randn(1, 8))
+    calls = []
+    monkeypatch.setitem(dispatch._IMPLS["film_residual_layernorm"], "cuda", lambda *a: calls.append(1) or a[:2])
+    ops.film_residual_layernorm(*args, backend="auto")
+    assert calls == []
+    big = torch.randn(2, CPU_FILM_MIN_ROWS // 14 + 1, 7, 8)
+    ops.film_residual_layernorm(big, big, torch.randn(2, 8), torch.randn(2, 8), backend="auto")
+    assert calls == [1]
