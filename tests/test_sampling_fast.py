@@ -178,22 +178,32 @@ def test_generate_compiled_equals_eager():
 
 # ----------------------------------------------------------------------------- auto's size rule
 
-def test_auto_keeps_the_reference_film_kernel_for_small_cpu_inputs(monkeypatch, caplog):
+@pytest.mark.parametrize("op, threshold", [("film_residual_layernorm", "CPU_FILM_MIN_ROWS"),
+                                           ("skeletal_graph_conv", "CPU_GRAPH_CONV_MIN_ROWS")])
+def test_auto_keeps_the_reference_for_small_cpu_inputs(monkeypatch, caplog, op, threshold):
+    if not dispatch._try_load("cuda"):
+        pytest.skip("the C++ extension does not build here")
+    from sald_fast.ops import extension_backend
+
+    rows = getattr(extension_backend, threshold)
+    monkeypatch.setattr(dispatch, "_noted", set())
+    with caplog.at_level(logging.INFO, logger="sald_fast.ops"):
+        small = ops.backend_report("cpu", "auto", num_rows=rows - 1)
+        large = ops.backend_report("cpu", "auto", num_rows=rows)
+        explicit = ops.backend_report("cpu", "cuda", num_rows=8)
+    assert small[op] == "reference"
+    assert large[op] == "extension"
+    assert explicit[op] == "extension"  # an explicit backend is not second-guessed
+    notes = [r for r in caplog.records if op in r.getMessage()]
+    assert any("extension is slower for these inputs" in r.getMessage() and f"fewer than {rows} rows" in r.getMessage()
+               and r.levelno == logging.INFO for r in notes), [r.getMessage() for r in notes]
+
+
+def test_auto_film_choice_follows_the_rows_per_call(monkeypatch):
     if not dispatch._try_load("cuda"):
         pytest.skip("the C++ extension does not build here")
     from sald_fast.ops.extension_backend import CPU_FILM_MIN_ROWS
 
-    monkeypatch.setattr(dispatch, "_noted", set())
-    with caplog.at_level(logging.INFO, logger="sald_fast.ops"):
-        small = ops.backend_report("cpu", "auto", num_rows=CPU_FILM_MIN_ROWS - 1)
-        large = ops.backend_report("cpu", "auto", num_rows=CPU_FILM_MIN_ROWS)
-        explicit = ops.backend_report("cpu", "cuda", num_rows=8)
-    assert small["film_residual_layernorm"] == "reference"
-    assert large["film_residual_layernorm"] == "extension"
-    assert explicit["film_residual_layernorm"] == "extension"  # an explicit backend is not second-guessed
-    notes = [r.getMessage() for r in caplog.records if "film_residual_layernorm" in r.getMessage()]
-    assert any("extension is slower for these inputs" in n and f"fewer than {CPU_FILM_MIN_ROWS} rows" in n
-               for n in notes), notes
     # and the op follows the rule per call
     z = torch.randn(1, 2, 3, 8)
     args = (z, torch.randn_like(z), torch.randn(1, 8), torch.randn(1, 8))

@@ -136,6 +136,6 @@ def skeletal_graph_conv(h, indptr, indices, w_self, w_neigh, bias=None, *, backe
         if bias.shape != (w_self.shape[0],):
             raise ValueError(f"bias must be (C_out,) = ({w_self.shape[0]},), got {tuple(bias.shape)}")
     _check_device(h, indptr=indptr, indices=indices, w_self=w_self, w_neigh=w_neigh, bias=bias)
-    fn = resolve("skeletal_graph_conv", backend, h.device, h.dtype, J)
+    fn = resolve("skeletal_graph_conv", backend, h.device, h.dtype, J, num_rows=h.shape[0] * h.shape[1] * J)
     with nvtx_range("skeletal_graph_conv"):
         return fn(h, indptr, indices, w_self, w_neigh, bias)
