@@ -19,6 +19,7 @@ it is rebuilt from ``config.text``.
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import logging
 import os
@@ -257,9 +258,10 @@ class SignSALD(nn.Module):
         model on a CUDA device and a planned scheduler (ddim, dpm++, ...), else ``ValueError``.
         compile: sample with :meth:`compiled_denoiser` (``torch.compile`` of a frozen copy of the
         denoiser), the latent frames padded up to :func:`compile_bucket` so that one compiled
-        graph serves every length in a bucket; the first call per (batch, bucket) compiles
-        (about a minute on a CPU), later ones run several times faster than eager (bench/RESULTS.md).
-        Same seed -> the same output as without it, to float rounding.
+        graph serves every length in a bucket, and the text padded to ``config.text.max_tokens``;
+        the first call per (batch, bucket) compiles (10 s to 2 min on a 2-core CPU), later ones run
+        2-3x faster than eager on a CPU at the tiny preset (bench/RESULTS.md). Same seed -> the
+        same output as without it, to float rounding.
         """
         texts = validate_texts(texts)
         B = len(texts)
@@ -313,9 +315,11 @@ class SignSALD(nn.Module):
 
         Made on first use and again whenever a parameter of the denoiser has changed (moved or
         updated in place) or its backend was switched, so it never runs stale weights. Inductor
-        options: on the CPU ``freezing`` (weights become constants, prepacked for the GEMMs) and
-        ``max_autotune`` (its C++ GEMM templates: a tiny DDIM-50 run 2.6x faster than eager at
-        2 threads, against 1.9x with the default options); elsewhere ``freezing`` only. Shapes
+        options: ``freezing`` (weights become constants, prepacked for the GEMMs) and, on the CPU,
+        ``max_autotune`` (its C++ GEMM templates) and ``cpp_wrapper`` (the graph's launcher in C++
+        instead of Python). On a tiny DDIM-50 run at 2 threads (64 frames) these took the compiled
+        sampling from 1.9x (default options) to 2.6x, then 3.0x, the eager reference's speed in
+        one-off measurements; ``python -m bench.sampling_ab --compiled`` measures it. Shapes
         compile static, once per shape (see :func:`compile_bucket`).
         """
         den = _unwrap(self.denoiser)
@@ -323,8 +327,6 @@ class SignSALD(nn.Module):
         cached = self.__dict__.get("_compiled_denoiser")
         if cached is not None and cached[0] == key:
             return cached[1]
-        import copy
-
         snapshot = copy.deepcopy(den).eval().requires_grad_(False)
         options = {"freezing": True}
         if next(den.parameters()).device.type == "cpu":
