@@ -1,17 +1,14 @@
 """The sampling fast path: FiLM parameters computed once per run (``Denoiser.film_parameters``),
 the shared CFG halves, padded frames and text tokens, ``SignSALD.generate(compile=True)`` and
-``auto``'s size rule for the CPU FiLM + LayerNorm kernel. Each is checked against the plain
-path it replaces (fp32, tolerance 1e-5 relative to the output's scale)."""
+``auto``'s remembered choices. Each is checked against the plain path it replaces (fp32,
+tolerance 1e-5 relative to the output's scale)."""
 
 from __future__ import annotations
-
-import logging
 
 import pytest
 import torch
 
-from sald_fast import ops
-from sald_fast.config import DenoiserConfig, DiffusionConfig, TextConfig, apply_variant, preset
+from sald_fast.config import DenoiserConfig, DiffusionConfig, TextConfig, preset
 from sald_fast.denoiser import Denoiser
 from sald_fast.diffusion import GaussianDiffusion
 from sald_fast.ops import dispatch
@@ -176,41 +173,24 @@ def test_generate_compiled_equals_eager():
         _close(fast.positions, eager.positions, rel=1e-4)
 
 
-# ----------------------------------------------------------------------------- auto's size rule
+# ----------------------------------------------------------------------------- auto's remembered choice
 
-@pytest.mark.parametrize("op, threshold", [("film_residual_layernorm", "CPU_FILM_MIN_ROWS"),
-                                           ("skeletal_graph_conv", "CPU_GRAPH_CONV_MIN_ROWS")])
-def test_auto_keeps_the_reference_for_small_cpu_inputs(monkeypatch, caplog, op, threshold):
-    if not dispatch._try_load("cuda"):
-        pytest.skip("the C++ extension does not build here")
-    from sald_fast.ops import extension_backend
-
-    rows = getattr(extension_backend, threshold)
-    monkeypatch.setattr(dispatch, "_noted", set())
-    with caplog.at_level(logging.INFO, logger="sald_fast.ops"):
-        small = ops.backend_report("cpu", "auto", num_rows=rows - 1)
-        large = ops.backend_report("cpu", "auto", num_rows=rows)
-        explicit = ops.backend_report("cpu", "cuda", num_rows=8)
-    assert small[op] == "reference"
-    assert large[op] == "extension"
-    assert explicit[op] == "extension"  # an explicit backend is not second-guessed
-    notes = [r for r in caplog.records if op in r.getMessage()]
-    assert any("extension is slower for these inputs" in r.getMessage() and f"fewer than {rows} rows" in r.getMessage()
-               and r.levelno == logging.INFO for r in notes), [r.getMessage() for r in notes]
-
-
-def test_auto_film_choice_follows_the_rows_per_call(monkeypatch):
-    if not dispatch._try_load("cuda"):
-        pytest.skip("the C++ extension does not build here")
-    from sald_fast.ops.extension_backend import CPU_FILM_MIN_ROWS
-
-    # and the op follows the rule per call
-    z = torch.randn(1, 2, 3, 8)
-    args = (z, torch.randn_like(z), torch.randn(1, 8), torch.randn(1, 8))
+def test_auto_choice_is_remembered_and_forgotten_on_register(monkeypatch):
+    """resolve remembers auto's choice per (op, inputs); registering an implementation forgets it."""
+    cpu = torch.device("cpu")
+    first = dispatch.resolve("temporal_attention", "auto", cpu, torch.float32, 7, 16)
+    assert ("temporal_attention", dispatch.Inputs("cpu", torch.float32, 7, 16)) in dispatch._auto_choices
     calls = []
-    monkeypatch.setitem(dispatch._IMPLS["film_residual_layernorm"], "cuda", lambda *a: calls.append(1) or a[:2])
-    ops.film_residual_layernorm(*args, backend="auto")
-    assert calls == []
-    big = torch.randn(2, CPU_FILM_MIN_ROWS // 14 + 1, 7, 8)
-    ops.film_residual_layernorm(big, big, torch.randn(2, 8), torch.randn(2, 8), backend="auto")
-    assert calls == [1]
+    monkeypatch.setitem(dispatch._AUTO_ORDER, "temporal_attention", {"cuda_device": (), "cpu_device": ("cuda",)})
+    monkeypatch.setattr(dispatch, "_loaded", dispatch._loaded | {"cuda"})
+    monkeypatch.setitem(dispatch._IMPLS["temporal_attention"], "reference", first)
+    # remembered: the patched order is not read yet
+    assert dispatch.resolve("temporal_attention", "auto", cpu, torch.float32, 7, 16) is first
+    dispatch.register("temporal_attention", "cuda", lambda *a: calls.append(a))
+    try:
+        chosen = dispatch.resolve("temporal_attention", "auto", cpu, torch.float32, 7, 16)
+        chosen(1)
+        assert calls == [(1,)]  # the new implementation, chosen afresh
+    finally:
+        dispatch._IMPLS["temporal_attention"].pop("cuda", None)
+        dispatch.clear_auto_choices()

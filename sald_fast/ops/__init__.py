@@ -76,7 +76,7 @@ def film_residual_layernorm(z, h, gamma, beta, weight=None, bias=None, eps: floa
             if t.shape != (D,):
                 raise ValueError(f"{name} must be (D,) = {(D,)}, got {tuple(t.shape)}")
     _check_device(z, h=h, gamma=gamma, beta=beta, weight=weight, bias=bias)
-    fn = resolve("film_residual_layernorm", backend, z.device, z.dtype, J, num_rows=B * N * J)
+    fn = resolve("film_residual_layernorm", backend, z.device, z.dtype, J)
     with nvtx_range("film_residual_layernorm"):
         return fn(z, h, gamma, beta, weight, bias, eps)
 
@@ -136,6 +136,6 @@ def skeletal_graph_conv(h, indptr, indices, w_self, w_neigh, bias=None, *, backe
         if bias.shape != (w_self.shape[0],):
             raise ValueError(f"bias must be (C_out,) = ({w_self.shape[0]},), got {tuple(bias.shape)}")
     _check_device(h, indptr=indptr, indices=indices, w_self=w_self, w_neigh=w_neigh, bias=bias)
-    fn = resolve("skeletal_graph_conv", backend, h.device, h.dtype, J, num_rows=h.shape[0] * h.shape[1] * J)
+    fn = resolve("skeletal_graph_conv", backend, h.device, h.dtype, J)
     with nvtx_range("skeletal_graph_conv"):
         return fn(h, indptr, indices, w_self, w_neigh, bias)

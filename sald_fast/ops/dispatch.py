@@ -45,9 +45,7 @@ _LABELS = {"reference": "the reference", "triton": "Triton", "cuda": "extension"
 # film_residual_layernorm takes the extension's fused kernel: one eager training step of the tiny
 # denoiser (B=32, N'=28, 1 thread) took 0.93-0.97x the time of the all-reference step (median
 # 0.94x over five interleaved runs; FiLM + residual + LayerNorm is ~9% of that step in eager
-# PyTorch), the paper shape (B=4, N'=64) 0.99x; under torch.compile it is neutral (1.00x). Below
-# CPU_FILM_MIN_ROWS rows (sampling one sentence) it is slower there and auto keeps the reference
-# (the extension's ``slower`` hook).
+# PyTorch), the paper shape (B=4, N'=64) 0.99x; under torch.compile it is neutral (1.00x).
 _AUTO_ORDER = {
     "film_residual_layernorm": {"cuda_device": ("triton",), "cpu_device": ("cuda",)},
     "temporal_attention": {"cuda_device": ("triton",), "cpu_device": ()},
@@ -59,50 +57,41 @@ _AUTO_ORDER = {
 
 class Inputs(NamedTuple):
     """What an implementation's ``supports`` check sees of a call: the device type, the dtype, the
-    number of joints J, the head dim d and the rows B*N*J (None where the op has none or it is
-    not known)."""
+    number of joints J and the head dim d (None where the op has none or it is not known)."""
 
     device_type: str
     dtype: torch.dtype | None = None
     num_joints: int | None = None
     head_dim: int | None = None
-    num_rows: int | None = None  # B * N * J: the rows a (B, N, J, D) op works on
 
 
 _IMPLS: dict[str, dict[str, Callable]] = {op: {} for op in OPS}
 _DEVICES: dict[tuple[str, str], tuple[str, ...]] = {}  # (op, backend) -> device types it has kernels for
 # (op, backend) -> supports(Inputs) -> None, or why the implementation cannot take such inputs
 _SUPPORTS: dict[tuple[str, str], Callable[[Inputs], str | None]] = {}
-# (op, backend) -> slower(Inputs) -> None, or why ``auto`` should not pick it for such inputs (it
-# could run them, but measured slower than the reference there); an explicit backend ignores it
-_SLOWER: dict[tuple[str, str], Callable[[Inputs], str | None]] = {}
 _load_errors: dict[str, str] = {}
 _default_backend = "reference"
 
 
 def register(op: str, backend: str, fn: Callable, devices: Iterable[str] | None = None,
-             supports: Callable[[Inputs], str | None] | None = None,
-             slower: Callable[[Inputs], str | None] | None = None) -> None:
+             supports: Callable[[Inputs], str | None] | None = None) -> None:
     """Register ``fn`` as ``backend``'s implementation of ``op`` (called by backend modules).
 
     ``devices``: the device types (``"cpu"``, ``"cuda"``) ``fn`` has kernels for; tensors on
     other devices get the reference (logged once). None: any device. ``supports``: given the
     :class:`Inputs` of a call, None when ``fn`` can run them, else the reason (``auto`` then takes
     the next candidate; an explicitly requested backend runs ``fn``, whose own checks raise).
-    ``slower``: given the :class:`Inputs`, None, or why ``auto`` should prefer the next candidate
-    for them (``fn`` can run them but was measured slower there; explicit requests still run it).
     """
     if op not in OPS:
         raise ValueError(f"unknown op {op!r}; ops are {OPS}")
     if backend not in ("reference", "triton", "cuda"):
         raise ValueError(f"unknown backend {backend!r}")
-    _auto_choices.clear()
     _IMPLS[op][backend] = fn
-    for table, hook in ((_SUPPORTS, supports), (_SLOWER, slower)):
-        if hook is None:
-            table.pop((op, backend), None)
-        else:
-            table[(op, backend)] = hook
+    _auto_choices.clear()
+    if supports is None:
+        _SUPPORTS.pop((op, backend), None)
+    else:
+        _SUPPORTS[(op, backend)] = supports
     if devices is None:
         _DEVICES.pop((op, backend), None)
     else:
@@ -194,15 +183,15 @@ def _first_line(text: str) -> str:
     return lines[0] if lines else text
 
 
-def _note(op: str, backend: str, device_type: str, reason: str, message: str, level: int = logging.WARNING) -> None:
-    """Log ``message`` at ``level`` once per (op, backend, device type, reason); silent while compiling."""
+def _note(op: str, backend: str, device_type: str, reason: str, message: str) -> None:
+    """Log ``message`` at WARNING once per (op, backend, device type, reason); silent while compiling."""
     if torch.compiler.is_compiling():
         return  # resolve runs at trace time: no logging there (prepare / the first eager call logs)
     key = (op, backend, device_type, reason)
     if key in _noted:
         return
     _noted.add(key)
-    logger.log(level, message)
+    logger.warning(message)
 
 
 def _unusable(op: str, backend: str, device_type: str) -> str | None:
@@ -223,9 +212,9 @@ def _unsupported(op: str, backend: str, inputs: Inputs) -> str | None:
     return None if supports is None else supports(inputs)
 
 
-# auto's choice per (op, inputs): a sampling run resolves the same few inputs thousands of times
-# (the choice costs ~3 us, a dict lookup ~0.3 us: 1.5-3% of an eager tiny DDIM-50 run). Emptied
-# whenever what a choice reads changes: register() and every backend load.
+# auto's choice per (op, inputs): an eager sampling run resolves the same few inputs thousands of
+# times (the choice ~3 us, the lookup well under 1). Emptied whenever what a choice reads changes:
+# register() and every backend load (tests that patch the tables clear it themselves).
 _auto_choices: dict[tuple[str, Inputs], str] = {}
 
 
@@ -238,43 +227,29 @@ def _choose(op: str, name: str, device_type: str | Inputs) -> str:
     """The backend whose implementation of ``op`` runs for ``name`` on ``device_type`` tensors, or
     for the :class:`Inputs` given there (logs fallbacks once per reason)."""
     inputs = device_type if isinstance(device_type, Inputs) else Inputs(device_type)
-    return _choose_auto(op, inputs) if name == "auto" else _choose_named(op, name, inputs)
-
-
-def _choose_auto(op: str, inputs: Inputs) -> str:
-    device_type = inputs.device_type
-    skipped = []
-    for candidate in _AUTO_ORDER[op]["cuda_device" if device_type == "cuda" else "cpu_device"]:
-        reason = _unusable(op, candidate, device_type)
-        if reason is None:
-            reason = _unsupported(op, candidate, inputs)
-            if reason is None:
-                slower = _SLOWER.get((op, candidate))
-                reason = None if slower is None else slower(inputs)
-                if reason is None:
-                    chosen = candidate
-                    break
-                skipped.append((candidate, reason, "is slower for these inputs"))
-                continue
-            skipped.append((candidate, reason, "cannot take these inputs"))
-        else:
-            skipped.append((candidate, reason, "unavailable"))
-    else:
-        chosen = "reference"
-    if skipped and not torch.compiler.is_compiling():  # no logging (nor message formatting) at trace time
-        for candidate, reason, what in skipped:
-            if (op, "auto", device_type, reason) not in _noted:  # format the message only the first time
-                # a faster-here choice is routine (INFO); a kernel that cannot run is worth a WARNING
-                _note(op, "auto", device_type, reason,
-                      f"auto: {op} on {device_type} uses {_LABELS[chosen]}: {_LABELS[candidate]} {what} "
-                      f"({_first_line(reason)})", logging.INFO if what.startswith("is slower") else logging.WARNING)
-    return chosen
-
-
-def _choose_named(op: str, name: str, inputs: Inputs) -> str:
     device_type = inputs.device_type
     if name == "reference":
         return "reference"
+    if name == "auto":
+        skipped = []
+        for candidate in _AUTO_ORDER[op]["cuda_device" if device_type == "cuda" else "cpu_device"]:
+            reason = _unusable(op, candidate, device_type)
+            if reason is None:
+                reason = _unsupported(op, candidate, inputs)
+                if reason is None:
+                    chosen = candidate
+                    break
+                skipped.append((candidate, reason, "cannot take these inputs"))
+            else:
+                skipped.append((candidate, reason, "unavailable"))
+        else:
+            chosen = "reference"
+        if not torch.compiler.is_compiling():  # no logging (nor message formatting) at trace time
+            for candidate, reason, what in skipped:
+                _note(op, "auto", device_type, reason,
+                      f"auto: {op} on {device_type} uses {_LABELS[chosen]}: {_LABELS[candidate]} {what} "
+                      f"({_first_line(reason)})")
+        return chosen
     if not _try_load(name):
         raise RuntimeError(f"backend {name!r} is not available: {_load_errors[name]}")
     if name not in _IMPLS[op]:
@@ -289,10 +264,9 @@ def _choose_named(op: str, name: str, inputs: Inputs) -> str:
 
 
 def resolve(op: str, backend: str | None, device: torch.device, dtype: torch.dtype | None = None,
-            num_joints: int | None = None, head_dim: int | None = None, num_rows: int | None = None) -> Callable:
+            num_joints: int | None = None, head_dim: int | None = None) -> Callable:
     """The implementation of ``op`` for ``backend`` (None: the default) on ``device``, for inputs
-    of ``dtype`` with ``num_joints`` joints, head dim ``head_dim`` and ``num_rows`` rows B*N*J
-    (None: not considered).
+    of ``dtype`` with ``num_joints`` joints and head dim ``head_dim`` (None: not considered).
 
     ``auto`` falls back to the reference when no faster implementation can run these inputs
     (reason logged once); a requested backend that cannot load, or lacks ``op``, raises
@@ -301,7 +275,7 @@ def resolve(op: str, backend: str | None, device: torch.device, dtype: torch.dty
     name = _check_name(backend) if backend is not None else _default_backend
     if name == "reference":
         return _IMPLS[op]["reference"]
-    inputs = Inputs(device.type, dtype, num_joints, head_dim, num_rows)
+    inputs = Inputs(device.type, dtype, num_joints, head_dim)
     if name != "auto":
         return _IMPLS[op][_choose(op, name, inputs)]
     chosen = _auto_choices.get((op, inputs))
@@ -368,12 +342,11 @@ class BackendAttribute:
 
 
 def backend_report(device: torch.device | str, backend: str | None = None, *, dtype: torch.dtype | None = None,
-                   num_joints: int | None = None, head_dim: int | None = None,
-                   num_rows: int | None = None) -> dict[str, str]:
+                   num_joints: int | None = None, head_dim: int | None = None) -> dict[str, str]:
     """Which implementation each op of :data:`OPS` runs for tensors on ``device`` with ``backend``.
 
     ``backend``: a name of :data:`BACKENDS` or None (the process default). ``dtype``,
-    ``num_joints``, ``head_dim``, ``num_rows`` (B*N*J): describe the inputs (None: not considered), as ``auto`` chooses
+    ``num_joints``, ``head_dim``: describe the inputs (None: not considered), as ``auto`` chooses
     per call -- e.g. ``backend_report("cuda", "auto", dtype=torch.float64)`` says ``reference``
     for the Triton ops. Values: ``"reference"``, ``"triton"``, ``"extension"`` (the C++/CUDA
     extension), or ``"unavailable"`` when a requested backend cannot run the op or these inputs
@@ -383,7 +356,7 @@ def backend_report(device: torch.device | str, backend: str | None = None, *, dt
     device_type = torch.device(device).type
     report = {}
     for op in OPS:
-        inputs = Inputs(device_type, dtype, num_joints, head_dim if "attention" in op else None, num_rows)
+        inputs = Inputs(device_type, dtype, num_joints, head_dim if "attention" in op else None)
         try:
             chosen = _choose(op, name, inputs)
         except RuntimeError as exc:

@@ -45,10 +45,10 @@ import torch
 from torch.utils import cpp_extension
 
 from . import dispatch as _dispatch
-from .dispatch import Inputs, register
+from .dispatch import register
 
 __all__ = ["NAMESPACE", "CSRC_DIR", "WITH_CUDA", "DEVICE_TYPES", "FILM_DEVICE_TYPES", "BUILD_DIR", "BUILD_SECONDS",
-           "CPU_FILM_MIN_ROWS", "CPU_GRAPH_CONV_MIN_ROWS", "skeletal_graph_conv", "film_residual_layernorm", "csr_mean_aggregate", "load_extension"]
+           "skeletal_graph_conv", "film_residual_layernorm", "csr_mean_aggregate", "load_extension"]
 
 logger = logging.getLogger(__name__)
 
@@ -337,31 +337,5 @@ def csr_mean_aggregate(x: Tensor, indptr: Tensor, indices: Tensor, transpose: bo
 
 
 # The dispatcher sends tensors on other devices to the reference itself (and logs it once).
-
-def _slower_on_cpu_below(min_rows: int):
-    """A ``slower`` check for ``register``: CPU inputs of fewer than ``min_rows`` rows B*N*J."""
-    reason = f"fewer than {min_rows} rows B*N*J: the reference is faster on the CPU there"
-
-    def slower(inputs: Inputs) -> str | None:
-        small = inputs.num_rows is not None and inputs.num_rows < min_rows
-        return reason if inputs.device_type == "cpu" and small else None
-
-    return slower
-
-
-# Below this many rows (B*N*J) the CPU kernel loses to the reference inside a model run: a tiny
-# DDIM-50 sampling run (CFG batch 2, N'=16, J'=7: 224 rows) took 1.045x the reference's time
-# with it (median of 5 interleaved runs, 2 threads), although the op alone is ~10% faster at that
-# size; a tiny training step (6272 rows) takes ~0.94x. ``auto`` keeps the reference below it.
-CPU_FILM_MIN_ROWS = 4096
-# The same in the VAE: decoding one tiny-preset sentence (B=1, 28 latent frames; 1232-4928 rows per
-# graph convolution) took 7.1 ms with the CPU kernel against 4.3 ms with the reference (median of
-# 30 interleaved calls, 2 threads; the kernel's three calls 1.1 ms each there, although alone on
-# the same shapes it is 1.2-1.9x faster), while decoding one paper-preset sentence (11264 rows at
-# the finest level) is 1.09x faster with it and every training shape more.
-CPU_GRAPH_CONV_MIN_ROWS = 8192
-
-register("film_residual_layernorm", "cuda", film_residual_layernorm, devices=FILM_DEVICE_TYPES,
-         slower=_slower_on_cpu_below(CPU_FILM_MIN_ROWS))
-register("skeletal_graph_conv", "cuda", skeletal_graph_conv, devices=DEVICE_TYPES,
-         slower=_slower_on_cpu_below(CPU_GRAPH_CONV_MIN_ROWS))
+register("skeletal_graph_conv", "cuda", skeletal_graph_conv, devices=DEVICE_TYPES)
+register("film_residual_layernorm", "cuda", film_residual_layernorm, devices=FILM_DEVICE_TYPES)
