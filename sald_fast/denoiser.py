@@ -233,8 +233,7 @@ class DenoiserLayer(nn.Module):
 
     def film_stack(self, temb_act: torch.Tensor) -> torch.Tensor:
         """Every sub-block's (gamma, beta) at once: SiLU(timestep embedding) (S, D) -> (S, K, 2, D)."""
-        out = torch.stack([self.film[k](temb_act).unflatten(-1, (2, -1)) for k in range(len(self.film))], dim=1)
-        return out + torch.tensor([1.0, 0.0], dtype=out.dtype, device=out.device).view(1, 1, 2, 1)
+        return torch.stack([torch.stack(self.film_params(k, temb_act), dim=1) for k in range(len(self.film))], dim=1)
 
 
 class Denoiser(BackendAttribute, VariantCheckedLoad, nn.Module):
@@ -395,11 +394,16 @@ class Denoiser(BackendAttribute, VariantCheckedLoad, nn.Module):
         A sampler computes them once for all its steps and hands row i to :meth:`forward`
         (``film=table[i:i + 1]``), instead of the timestep MLP and F small projections per step.
         """
-        dtype, device = self._param_dtype_device()
+        _, device = self._param_dtype_device()
         if not isinstance(t, torch.Tensor) or t.dim() != 1 or t.dtype == torch.bool or t.is_complex():
             raise TypeError(f"t must be a 1-D int or float tensor of timesteps, got "
                             f"{getattr(t, 'shape', type(t).__name__)}")
-        temb_act = F.silu(self.time_mlp(timestep_embedding(t.to(device), self.config.dim).to(dtype)))
+        return self._film_table(t.to(device))
+
+    def _film_table(self, t: torch.Tensor) -> torch.Tensor:
+        """t (S,) on the model's device -> (S, F, 2, D)."""
+        dtype, _ = self._param_dtype_device()
+        temb_act = F.silu(self.time_mlp(timestep_embedding(t, self.config.dim).to(dtype)))
         return torch.cat([layer.film_stack(temb_act) for layer in self.layers], dim=1)
 
     @property
@@ -516,8 +520,8 @@ class Denoiser(BackendAttribute, VariantCheckedLoad, nn.Module):
             b = B // 2 if shared_halves else B
             z = self.input_proj(z_t[:b].to(dtype))
             z = z + self.frame_embedding[:N].to(z.dtype).view(1, N, 1, -1) + self.joint_embedding.view(1, 1, J, -1)
-            temb_act = None if film is not None else F.silu(self.time_mlp(timestep_embedding(t, self.config.dim)
-                                                                          .to(dtype)))
+            if film is None:
+                film = self._film_table(t)  # (B, F, 2, D)
             first = self.layers[0].norms[0]
             y = F.layer_norm(z, first.normalized_shape, first.weight, first.bias, first.eps)
             outputs: list[torch.Tensor] = []
@@ -535,11 +539,8 @@ class Denoiser(BackendAttribute, VariantCheckedLoad, nn.Module):
                         if b != B and name in ("cross", "text_concat"):
                             z, y, b = torch.cat([z, z]), torch.cat([y, y]), B
                         h = sub_block(y)
-                        if film is None:
-                            gamma, beta = layer.film_params(k, temb_act[:b])
-                        else:
-                            row = film[:, f]  # (1 or B, 2, D)
-                            gamma, beta = (row.expand(b, 2, -1) if row.shape[0] == 1 else row[:b]).unbind(1)
+                        row = film[:, f]  # (1 or B, 2, D)
+                        gamma, beta = (row.expand(b, 2, -1) if row.shape[0] == 1 else row[:b]).unbind(1)
                         f += 1
                         nxt = layer.norms[k + 1] if k < last else (
                             self.layers[l + 1].norms[0] if l + 1 < len(self.layers) else self.out_norm)
