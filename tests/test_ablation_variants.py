@@ -161,18 +161,18 @@ def test_every_variant_trains_saves_loads_and_generates(name, tmp_path):
 def test_loading_another_variant_names_the_difference(tmp_path):
     base = small_config()
     full = SignSALD.from_config(base, seed=0, backend="reference")
-    concat = Denoiser(apply_variant(base, "no_cross_attn").denoiser)
-    with pytest.raises(ValueError, match=r"text_conditioning: 'cross_attention' \(state_dict\) vs 'concat' \(this model\)"):
-        concat.load_state_dict(full.denoiser.state_dict())
-    no_temporal = Denoiser(apply_variant(base, "no_temporal_attn").denoiser)
-    with pytest.raises(ValueError, match=r"temporal_attention: True \(state_dict\) vs False"):
-        no_temporal.load_state_dict(full.denoiser.state_dict())
-    atoms9 = SkeletonVAE(apply_variant(base, "atoms9").vae)
-    with pytest.raises(ValueError, match=r"num_atoms: 7 \(state_dict\) vs 9 \(this model\)"):
-        atoms9.load_state_dict(full.vae.state_dict())
-    frame = SkeletonVAE(apply_variant(base, "no_st_latent").vae)
-    with pytest.raises(ValueError, match=r"latent_layout: 'skeletal' \(state_dict\) vs 'frame'"):
-        frame.load_state_dict(full.vae.state_dict())
+    cases = [  # (a model of another variant, the full model's part it loads, the message)
+        (Denoiser(apply_variant(base, "no_cross_attn").denoiser), full.denoiser,
+         r"text_conditioning: 'cross_attention' \(state_dict\) vs 'concat' \(this model\)"),
+        (Denoiser(apply_variant(base, "no_temporal_attn").denoiser), full.denoiser,
+         r"temporal_attention: True \(state_dict\) vs False"),
+        (SkeletonVAE(apply_variant(base, "atoms9").vae), full.vae, r"num_atoms: 7 \(state_dict\) vs 9 \(this model\)"),
+        (SkeletonVAE(apply_variant(base, "no_st_latent").vae), full.vae,
+         r"latent_layout: 'skeletal' \(state_dict\) vs 'frame'"),
+    ]
+    for other, source, message in cases:
+        with pytest.raises(ValueError, match=message):
+            other.load_state_dict(source.state_dict())
     full.vae.load_state_dict(full.vae.state_dict())  # the same variant still loads
     full.save(tmp_path / "full")
     with pytest.raises(CheckpointError, match=r"holds the variant 'full', not 'no_cross_attn': "
