@@ -317,7 +317,7 @@ class SignSALD(nn.Module):
         updated in place) or its backend was switched, so it never runs stale weights. Inductor
         options: ``freezing`` (weights become constants, prepacked for the GEMMs) and, on the CPU,
         ``max_autotune`` (its C++ GEMM templates) and ``cpp_wrapper`` (the graph's launcher in C++
-        instead of Python). On a tiny DDIM-50 run at 2 threads (64 frames) these took the compiled
+        instead of Python); on the CPU the copy runs the reference ops, which Inductor fuses. On a tiny DDIM-50 run at 2 threads (64 frames) these took the compiled
         sampling from 1.9x (default options) to 2.6x, then 3.0x, the eager reference's speed in
         one-off measurements; ``python -m bench.sampling_ab --compiled`` measures it. Shapes
         compile static, once per shape (see :func:`compile_bucket`).
@@ -331,6 +331,11 @@ class SignSALD(nn.Module):
         options = {"freezing": True}
         if next(den.parameters()).device.type == "cpu":
             options.update(max_autotune=True, cpp_wrapper=True)
+            # Inductor fuses the reference ops itself; the extension's CPU kernels would be opaque
+            # calls in its graph (python -m bench.sampling_ab --compiled, tiny DDIM-50: compiled with
+            # them 0.94x torch.compile of the reference, without them 1.16x)
+            if getattr(snapshot, "backend", None) in ("auto", "cuda"):
+                snapshot.backend = "reference"
         if hasattr(den, "backend"):
             from .ops import prepare
 
