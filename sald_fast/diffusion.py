@@ -545,6 +545,9 @@ def _run_plan(denoiser, plan: SamplingPlan, noise: torch.Tensor, text, text_mask
     film = None
     if context is not None and callable(getattr(denoiser, "film_parameters", None)):
         film = denoiser.film_parameters(t_table[:, 0])  # (S, F, 2, D)
+    # a denoiser with guided_prediction (AOTDenoiser) builds the CFG halves from z and combines
+    # them itself
+    halves_inside = cfg_batch and film is not None and callable(getattr(denoiser, "guided_prediction", None))
     z = noise * plan.init_sigma
     zs: list[torch.Tensor] = [z]
     outs: list[torch.Tensor] = []
@@ -559,10 +562,14 @@ def _run_plan(denoiser, plan: SamplingPlan, noise: torch.Tensor, text, text_mask
                 stack.enter_context(torch.compiler.set_stance("default", skip_guard_eval_unsafe=True))
             scale = plan.scales[i]
             z_in = z if scale == 1.0 else z * scale
-            if cfg_batch:
-                z_in = torch.cat([z_in, z_in])
-            outs.append(_guided(denoiser, z_in, t_table[i], context, text_in, mask_in, len_in, drop_in, cfg_batch,
-                                guidance, None if film is None else film[i:i + 1]))
+            if halves_inside:  # the whole guided step in one call: halves built and combined inside
+                outs.append(denoiser.guided_prediction(z_in, t_table[i, :B], lengths, context, film[i:i + 1],
+                                                       guidance))
+            else:
+                if cfg_batch:
+                    z_in = torch.cat([z_in, z_in])
+                outs.append(_guided(denoiser, z_in, t_table[i], context, text_in, mask_in, len_in, drop_in,
+                                    cfg_batch, guidance, None if film is None else film[i:i + 1]))
             a, b = plan.a[i], plan.b[i]
             z = z * a[0] if a[0] != 1.0 else z.clone()
             for w, c in enumerate(a[1:], start=1):

@@ -256,12 +256,14 @@ class SignSALD(nn.Module):
         cuda_graph: capture the whole sampling run as one CUDA graph (once per batch, frames,
         steps, scheduler and guidance) and replay it (:meth:`GaussianDiffusion.sample`); needs the
         model on a CUDA device and a planned scheduler (ddim, dpm++, ...), else ``ValueError``.
-        compile: sample with :meth:`compiled_denoiser` (``torch.compile`` of a frozen copy of the
-        denoiser), the latent frames padded up to :func:`compile_bucket` so that one compiled
-        graph serves every length in a bucket, and the text padded to ``config.text.max_tokens``;
-        the first call per (batch, bucket) compiles (10 s to 2 min on a 2-core CPU), later ones run
-        2-3x faster than eager on a CPU at the tiny preset (bench/RESULTS.md). Same seed -> the
-        same output as without it, to float rounding.
+        compile: sample with :meth:`compiled_denoiser` (on the CPU: AOTInductor; elsewhere:
+        ``torch.compile``; of a frozen copy of the denoiser), the latent frames padded up to
+        :func:`compile_bucket` so that one compiled library serves every length in a bucket, and
+        the text padded to ``config.text.max_tokens``. The first call per (batch, bucket) on a
+        machine compiles (about 40 s at the tiny preset and a few minutes at the paper preset on a
+        2-core CPU; kept on disk for later processes and checkpoints), later ones run about 3x
+        faster than eager on a CPU at the tiny preset (bench/RESULTS.md). Same seed -> the same
+        output as without it, to float rounding.
         """
         texts = validate_texts(texts)
         B = len(texts)
@@ -311,40 +313,42 @@ class SignSALD(nn.Module):
         return self.poses_from_features(features, texts, frame_lengths)
 
     def compiled_denoiser(self) -> nn.Module:
-        """``torch.compile`` of a frozen, eval-mode copy of :attr:`denoiser`, for sampling (no grad).
+        """A compiled, frozen, eval-mode copy of :attr:`denoiser`, for sampling (no grad).
+
+        On the CPU an :class:`~sald_fast.aot_denoiser.AOTDenoiser`: the sampler's call compiled
+        ahead of time by AOTInductor, one library per input shape, kept on disk
+        (:func:`~sald_fast.aot_denoiser.cache_dir`) and shared by every checkpoint of the config;
+        a step is one C++ call (no Dynamo guard or wrapper per step). Elsewhere ``torch.compile``
+        of the copy (Inductor defaults; static shapes, see :func:`compile_bucket`).
 
         Made on first use and again whenever a parameter of the denoiser has changed (moved or
-        updated in place) or its backend was switched, so it never runs stale weights. Inductor
-        options: ``freezing`` (weights become constants, prepacked for the GEMMs) and, on the CPU,
-        ``max_autotune`` (its C++ GEMM templates) and ``cpp_wrapper`` (the graph's launcher in C++
-        instead of Python); on the CPU the copy runs the reference ops, which Inductor fuses. On a tiny DDIM-50 run at 2 threads (64 frames) these took the compiled
-        sampling from 1.9x (default options) to 2.6x, then 3.0x, the eager reference's speed in
-        one-off measurements; ``python -m bench.sampling_ab --compiled`` measures it. Shapes
-        compile static, once per shape (see :func:`compile_bucket`).
+        updated in place) or its backend was switched, so it never runs stale weights. On the
+        CPU the copy runs the reference ops, which Inductor fuses (the extension's kernels would
+        be opaque calls in its graph). ``python -m bench.sampling_ab --compiled`` measures it
+        against the eager reference and ``torch.compile`` of the reference.
         """
         den = _unwrap(self.denoiser)
         key = (tuple((p.data_ptr(), p._version, p.device) for p in den.parameters()), getattr(den, "backend", None))
         cached = self.__dict__.get("_compiled_denoiser")
         if cached is not None and cached[0] == key:
             return cached[1]
-        snapshot = copy.deepcopy(den).eval().requires_grad_(False)
-        options = {"freezing": True}
         if next(den.parameters()).device.type == "cpu":
-            options.update(max_autotune=True, cpp_wrapper=True)
-            # Inductor fuses the reference ops itself; the extension's CPU kernels would be opaque
-            # calls in its graph (python -m bench.sampling_ab --compiled, tiny DDIM-50: compiled with
-            # them 0.94x torch.compile of the reference, without them 1.16x)
-            if getattr(snapshot, "backend", None) in ("auto", "cuda"):
-                snapshot.backend = "reference"
-        if hasattr(den, "backend"):
-            from .ops import prepare
+            from .aot_denoiser import AOTDenoiser
 
-            prepare(den.backend, next(den.parameters()).device)  # no import inside the trace
-        compiled = torch.compile(snapshot, dynamic=False, options=options)
-        compiled.sald_steady_steps = True  # the sampler may skip re-checking guards within a run
+            compiled = AOTDenoiser(den)
+            how = "AOTInductor, max_autotune"
+        else:
+            snapshot = copy.deepcopy(den).eval().requires_grad_(False)
+            if hasattr(den, "backend"):
+                from .ops import prepare
+
+                prepare(den.backend, next(den.parameters()).device)  # no import inside the trace
+            compiled = torch.compile(snapshot, dynamic=False)
+            compiled.sald_steady_steps = True  # the sampler may skip re-checking guards within a run
+            how = "torch.compile"
         self.__dict__["_compiled_denoiser"] = (key, compiled)  # not a submodule: never in the state_dict
-        logging.getLogger(__name__).info("compiled the denoiser for sampling (inductor %s); the first run of each "
-                                         "shape compiles it", ", ".join(options))
+        logging.getLogger(__name__).info("compiled the denoiser for sampling (%s); the first run of each shape "
+                                         "compiles it", how)
         return compiled
 
     def predict_num_frames(self, texts: str | Sequence[str]) -> torch.Tensor:

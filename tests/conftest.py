@@ -12,6 +12,19 @@ if not torch.cuda.is_available():
 torch.set_num_threads(1)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _aot_cache(tmp_path_factory):
+    """Compiled denoiser libraries (sald_fast.aot_denoiser) go to a directory of this session, not
+    the user's cache: each session compiles what it uses, once."""
+    old = os.environ.get("SALD_FAST_CACHE")
+    os.environ["SALD_FAST_CACHE"] = str(tmp_path_factory.mktemp("sald_fast_cache"))
+    yield
+    if old is None:
+        os.environ.pop("SALD_FAST_CACHE", None)
+    else:
+        os.environ["SALD_FAST_CACHE"] = old
+
+
 @pytest.fixture(autouse=True)
 def _fresh_auto_choices():
     """Tests patch the dispatcher's tables: each starts (and leaves) with no remembered auto choice."""

@@ -156,21 +156,120 @@ def test_compiled_denoiser_is_remade_when_the_weights_change():
         model.denoiser.out_proj.bias.add_(1.0)  # an in-place update
     second = model.compiled_denoiser()
     assert second is not first
-    assert torch.equal(second._orig_mod.out_proj.bias, model.denoiser.out_proj.bias)  # a copy of the new weights
+    assert torch.equal(second.module.out_proj.bias, model.denoiser.out_proj.bias)  # a copy of the new weights
+    assert second.module.out_proj.bias.data_ptr() != model.denoiser.out_proj.bias.data_ptr()
     model.denoiser.backend = "reference"
     assert model.compiled_denoiser() is not second
 
 
 @pytest.mark.slow
 def test_generate_compiled_equals_eager():
-    """generate(compile=True) (inductor, frozen weights, padded frames and tokens) gives the eager
-    output of the same seed, for two lengths in one bucket (one compiled graph)."""
+    """generate(compile=True) (AOTInductor on the CPU, padded frames and tokens, the guided step in
+    the library) gives the eager output of the same seed, for two lengths in one bucket (one
+    compiled library)."""
     model = _small_model()
     for frames in (20, 28):  # latent 5 and 7 -> bucket 8
         eager = model.generate("where is the library", num_frames=frames, steps=4, seed=5)
         fast = model.generate("where is the library", num_frames=frames, steps=4, seed=5, compile=True)
         _close(fast.features, eager.features, rel=1e-4)
         _close(fast.positions, eager.positions, rel=1e-4)
+
+
+# ----------------------------------------------------------------------------- AOTDenoiser
+
+def _sampler_inputs(den: Denoiser, B: int = 2, N: int = 6, L: int = 5, seed: int = 0):
+    """What the planned sampler hands the denoiser: z (B), t (B), lengths (B), a text context of the
+    CFG batch 2B, a FiLM row."""
+    g = torch.Generator().manual_seed(seed)
+    c = den.config
+    z = torch.randn(B, N, c.num_atoms, c.latent_dim, generator=g)
+    text = torch.randn(B, L, c.text_dim, generator=g)
+    mask = torch.ones(B, L, dtype=torch.bool)
+    mask[-1, 2:] = False
+    lengths = torch.tensor([N, 3])[:B]
+    drop = torch.cat([torch.zeros(B, dtype=torch.bool), torch.ones(B, dtype=torch.bool)])
+    with torch.no_grad():
+        context = den.encode_text(torch.cat([text, text]), torch.cat([mask, mask]), drop)
+        film = den.film_parameters(torch.tensor([637]))
+    return z, torch.full((B,), 637), lengths, context, film
+
+
+def test_aot_denoiser_runs_other_calls_eagerly_and_checks_input():
+    """Calls the library is not built for run the eager copy (so they need no compile); bad input
+    fails with the eager checks' message before any compile."""
+    from sald_fast.aot_denoiser import AOTDenoiser
+
+    den = _denoiser()
+    aot = AOTDenoiser(den)
+    z, t, lengths, context, film = _sampler_inputs(den)
+    z2, t2, l2 = torch.cat([z, z]), torch.cat([t, t]), torch.cat([lengths, lengths])
+    with torch.no_grad():
+        want = den(z2, t2, lengths=l2, text_context=context, film=film, shared_halves=True)
+    got = aot(z2, t2, lengths=l2, text_context=context, film=film, shared_halves=True)  # grad enabled: eager
+    _close(got, want)
+    with torch.no_grad():
+        _close(aot(z2, t2, lengths=l2, text_context=context), want)  # no FiLM row: eager
+        with pytest.raises(ValueError, match="z_t must be"):
+            aot(z2[..., :3], t2, lengths=l2, text_context=context, film=film)
+        with pytest.raises(ValueError, match="2B"):
+            aot.guided_prediction(z[:1], t[:1], lengths[:1], context, film, 1.5)
+    assert aot.compiled_signatures == [] and not any(p.requires_grad for p in aot.module.parameters())
+    assert aot.config is aot.module.config  # attributes are the copy's
+
+
+def test_aot_denoiser_failed_compile_leaves_no_file(tmp_path, monkeypatch):
+    """A compile that dies (killed, out of memory) leaves nothing in the cache to be loaded later."""
+    from sald_fast import aot_denoiser
+
+    def fail(program, package_path, **kwargs):
+        with open(package_path, "wb") as f:
+            f.write(b"half a library")
+        raise RuntimeError("compiler killed")
+
+    monkeypatch.setattr(torch._inductor, "aoti_compile_and_package", fail)
+    den = _denoiser()
+    aot = aot_denoiser.AOTDenoiser(den, cache=tmp_path)
+    z, t, lengths, context, film = _sampler_inputs(den)
+    with torch.no_grad(), pytest.raises(RuntimeError, match="compiler killed"):
+        aot.guided_prediction(z, t, lengths, context, film, 1.5)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_aot_denoiser_equals_eager_and_is_reused_for_new_weights(tmp_path, monkeypatch):
+    """The compiled guided step equals the eager one (fp32, 1e-5 of the scale) with lengths and a
+    text mask; a second model of the same config with other weights loads the same library from
+    the cache (no compile) and gives its own eager result."""
+    from sald_fast import aot_denoiser
+
+    den = _denoiser()
+    z, t, lengths, context, film = _sampler_inputs(den)
+
+    def eager(model, context, film, guidance):
+        with torch.no_grad():
+            eps = model(torch.cat([z, z]), torch.cat([t, t]), lengths=torch.cat([lengths, lengths]),
+                        text_context=context, film=film, shared_halves=True).float()
+        eps_c, eps_u = eps.chunk(2)
+        return eps_u + guidance * (eps_c - eps_u)
+
+    aot = aot_denoiser.AOTDenoiser(den, autotune=False, cache=tmp_path)
+    with torch.no_grad():
+        for guidance in (1.5, 3.0):  # a tensor input: one library
+            _close(aot.guided_prediction(z, t, lengths, context, film, guidance), eager(den, context, film, guidance))
+    assert len(aot.compiled_signatures) == 1 and len(list(tmp_path.glob("*.pt2"))) == 1
+
+    other = _denoiser()
+    with torch.no_grad():
+        for p in other.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    monkeypatch.setattr(torch._inductor, "aoti_compile_and_package",
+                        lambda *a, **k: pytest.fail("compiled again for new weights"))
+    aot2 = aot_denoiser.AOTDenoiser(other, autotune=False, cache=tmp_path)
+    _, _, _, context2, film2 = _sampler_inputs(other)
+    with torch.no_grad():
+        got = aot2.guided_prediction(z, t, lengths, context2, film2, 1.5)
+    _close(got, eager(other, context2, film2, 1.5))
+    assert not torch.allclose(got, eager(den, context, film, 1.5))
 
 
 # ----------------------------------------------------------------------------- auto's remembered choice

@@ -1,0 +1,237 @@
+"""The denoiser compiled ahead of time for sampling on the CPU (AOTInductor).
+
+:class:`AOTDenoiser` runs the call the sampler makes at every step -- ``denoiser(z_t, t,
+lengths=, text_context=, film=, shared_halves=)`` with the text keys/values from ``encode_text``
+and a FiLM row from ``film_parameters`` -- through a shared library that AOTInductor built for
+that input shape (``torch.export`` of the reference ops, then ``torch._inductor.
+aoti_compile_and_package``). A call is one C++ entry: no Dynamo frame, guard or AOTAutograd
+wrapper per step, which on a 2-core CPU was ~0.2 ms of each tiny-preset step (10 ms of a DDIM-50
+sentence; ``python -m bench.sampling_ab --compiled``).
+
+The weights are inputs of the library, not constants baked into it, so a library depends only on
+the model config, the input shapes and the code: it is written once to :func:`cache_dir` and
+serves every checkpoint of that config (no recompile after training or loading new weights).
+Every other call -- with gradients enabled, without a text context or FiLM row, on a
+non-CPU tensor -- runs the eager copy of the module.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+import os
+import platform
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .denoiser import TextContext
+
+__all__ = ["AOTDenoiser", "cache_dir"]
+
+_log = logging.getLogger(__name__)
+# the code a compiled library depends on: a change to any of these files invalidates the cache
+_SOURCES = ("aot_denoiser.py", "denoiser.py", "ops/__init__.py", "ops/reference.py", "ops/dispatch.py",
+            "ops/checks.py")
+
+
+def cache_dir() -> Path:
+    """Where compiled libraries are kept: ``$SALD_FAST_CACHE/aoti``, else
+    ``$XDG_CACHE_HOME/sald_fast/aoti``, else ``~/.cache/sald_fast/aoti``."""
+    root = os.environ.get("SALD_FAST_CACHE")
+    if root:
+        return Path(root) / "aoti"
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "sald_fast" / "aoti"
+
+
+def _source_digest() -> str:
+    here = Path(__file__).parent
+    h = hashlib.sha256()
+    for name in _SOURCES:
+        h.update(name.encode())
+        h.update((here / name).read_bytes())
+    return h.hexdigest()
+
+
+class _FlatForward(nn.Module):
+    """The sampler's denoiser call with the weights and the text context as flat tensor inputs
+    (what ``torch.export`` traces). The denoiser is held outside the module tree, so the export
+    sees no parameters: they arrive as the trailing inputs, in ``names`` order.
+
+    ``guided``: the classifier-free-guidance step of :func:`sald_fast.diffusion._guided` in one
+    library: z_t, t, lengths of the B samples and a 0-d ``guidance`` in, the conditional and
+    unconditional halves built and run (as shared halves), and the guided prediction
+    ``eps_u + guidance * (eps_c - eps_u)`` (B, ...) float32 out."""
+
+    def __init__(self, denoiser: nn.Module, names: list[str], num_keys: int, num_values: int, has_mask: bool,
+                 has_lengths: bool, shared_halves: bool, guided: bool) -> None:
+        super().__init__()
+        object.__setattr__(self, "denoiser", denoiser)
+        self.names, self.num_keys, self.num_values = names, num_keys, num_values
+        self.has_mask, self.has_lengths, self.shared_halves, self.guided = has_mask, has_lengths, shared_halves, guided
+
+    def forward(self, z_t: torch.Tensor, t: torch.Tensor, film: torch.Tensor, *rest: torch.Tensor) -> torch.Tensor:
+        rest = list(rest)
+        guidance = rest.pop(0) if self.guided else None
+        lengths = rest.pop(0) if self.has_lengths else None
+        mask = rest.pop(0) if self.has_mask else None
+        keys, rest = rest[:self.num_keys], rest[self.num_keys:]
+        values, weights = rest[:self.num_values], rest[self.num_values:]
+        context = TextContext(keys, values, mask)
+        if self.guided:
+            z_t, t = torch.cat([z_t, z_t]), torch.cat([t, t])
+            lengths = None if lengths is None else torch.cat([lengths, lengths])
+        out = torch.func.functional_call(self.denoiser, dict(zip(self.names, weights)), (z_t, t),
+                                         dict(lengths=lengths, text_context=context, film=film,
+                                              shared_halves=self.shared_halves))
+        if not self.guided:
+            return out
+        eps_c, eps_u = out.float().chunk(2)
+        return eps_u + guidance * (eps_c - eps_u)
+
+
+class AOTDenoiser:
+    """A frozen, eval-mode copy of a :class:`~sald_fast.denoiser.Denoiser` whose sampling calls run
+    AOTInductor-compiled code on the CPU (see the module docstring).
+
+    ``AOTDenoiser(denoiser)`` copies the module (later changes to ``denoiser`` are not seen: make
+    a new one, as :meth:`SignSALD.compiled_denoiser` does). The copy runs backend "reference",
+    whose ops Inductor fuses. The first call of each input signature (shapes, dtypes, which
+    optional inputs are given) loads its library from :func:`cache_dir`, or compiles it there
+    first (tens of seconds on a 2-core CPU; logged). ``autotune``: Inductor's ``max_autotune``
+    (benchmarks its C++ GEMM templates for the attention matmuls: slower to compile, faster to
+    run). Attributes not defined here (``encode_text``, ``film_parameters``, ``config`` ...) are
+    the copy's.
+    """
+
+    def __init__(self, denoiser: nn.Module, autotune: bool = True, cache: str | os.PathLike | None = None) -> None:
+        module = copy.deepcopy(denoiser).eval().requires_grad_(False)
+        if hasattr(module, "backend"):
+            module.backend = "reference"
+        self.module = module
+        self.autotune = bool(autotune)
+        self.cache = Path(cache) if cache is not None else None
+        self._names = [n for n, _ in module.named_parameters()] + [n for n, _ in module.named_buffers()]
+        state = dict(module.named_parameters())
+        state.update(module.named_buffers())
+        self._weights = [state[n] for n in self._names]
+        self._runners: dict[tuple, object] = {}
+
+    def __getattr__(self, name: str):
+        if name == "module":  # not yet set (during copy / unpickling)
+            raise AttributeError(name)
+        return getattr(self.module, name)
+
+    @property
+    def compiled_signatures(self) -> list[tuple]:
+        """The input signatures this object has a loaded library for."""
+        return list(self._runners)
+
+    def __call__(self, z_t: torch.Tensor, t, text=None, text_mask=None, lengths=None, drop_text=None, *,
+                 text_context: TextContext | None = None, film: torch.Tensor | None = None,
+                 shared_halves: bool = False) -> torch.Tensor:
+        """``Denoiser.forward``'s signature. The sampler's calls (``text_context`` and ``film``
+        given, no gradients, CPU tensors) run the compiled library; any other call, the eager copy."""
+        if not self._compiles(z_t, t, text, text_mask, drop_text, text_context, film):
+            return self.module(z_t, t, text, text_mask, lengths, drop_text, text_context=text_context, film=film,
+                               shared_halves=shared_halves)
+        # the eager copy's checks (metadata only) first: bad input fails here with its message,
+        # never inside the library
+        self.module._check_inputs(z_t, t, None, None, lengths, None, text_context)
+        self.module._check_film(film, shared_halves, z_t.shape[0], z_t.device)
+        return self._run([z_t, t, film], lengths, text_context, bool(shared_halves), False)
+
+    def guided_prediction(self, z_t: torch.Tensor, t: torch.Tensor, lengths: torch.Tensor | None,
+                          text_context: TextContext, film: torch.Tensor, guidance: float) -> torch.Tensor:
+        """The classifier-free-guided prediction for B samples: the denoiser on the batch of
+        2B (the conditional half, then the unconditional half), as shared halves, then
+        ``eps_u + guidance * (eps_c - eps_u)`` (B, N', J', d_z) float32, all in one library call.
+
+        z_t (B, N', J', d_z); t, lengths (B,); ``text_context`` of batch 2B from ``encode_text``
+        (conditional rows first); ``film`` (1, F, 2, D) from ``film_parameters``. The sampler uses
+        it (:func:`sald_fast.diffusion._guided`) when the denoiser offers it.
+        """
+        if not self._compiles(z_t, t, None, None, None, text_context, film):
+            z2, t2 = torch.cat([z_t, z_t]), torch.cat([t, t])
+            l2 = None if lengths is None else torch.cat([lengths, lengths])
+            eps_c, eps_u = self.module(z2, t2, lengths=l2, text_context=text_context, film=film,
+                                       shared_halves=True).float().chunk(2)
+            return eps_u + guidance * (eps_c - eps_u)
+        B = z_t.shape[0]
+        self.module._check_inputs(z_t, t, None, None, lengths, None, None)  # z_t, t, lengths of the B samples
+        if not isinstance(text_context, TextContext) or text_context.batch_size not in (1, 2 * B):
+            raise ValueError(f"text_context must be a TextContext of batch 1 or 2B = {2 * B} (conditional rows, then "
+                             f"unconditional), got {getattr(text_context, 'batch_size', type(text_context).__name__)}")
+        self.module._check_film(film, True, 2 * B, z_t.device)
+        scale = torch.tensor(float(guidance), dtype=torch.float32)
+        return self._run([z_t, t, film, scale], lengths, text_context, True, True)
+
+    @staticmethod
+    def _compiles(z_t, t, text, text_mask, drop_text, text_context, film) -> bool:
+        return (text_context is not None and film is not None and text is None and text_mask is None
+                and drop_text is None and isinstance(z_t, torch.Tensor) and isinstance(t, torch.Tensor)
+                and t.dim() == 1 and z_t.device.type == "cpu" and not torch.is_grad_enabled())
+
+    def _run(self, inputs: list[torch.Tensor], lengths, context: TextContext, shared_halves: bool,
+             guided: bool) -> torch.Tensor:
+        if lengths is not None:
+            inputs.append(lengths)
+        if context.mask is not None:
+            inputs.append(context.mask)
+        inputs += list(context.keys) + list(context.values)
+        inputs = [x.contiguous() for x in inputs]  # the library assumes the strides it was built for
+        flags = (len(context.keys), len(context.values), context.mask is not None, lengths is not None,
+                 shared_halves, guided)
+        signature = flags + tuple((tuple(x.shape), x.dtype) for x in inputs)
+        runner = self._runners.get(signature)
+        if runner is None:
+            runner = self._runners[signature] = self._load(signature, inputs, flags)
+        return runner(inputs + self._weights)
+
+    # ------------------------------------------------------------------ compile / load
+
+    def _key(self, signature: tuple) -> str:
+        config = getattr(self.module, "config", None)
+        described = {
+            "config": asdict(config) if config is not None else type(self.module).__name__,
+            "signature": repr(signature),
+            "weights": [(n, tuple(w.shape), str(w.dtype)) for n, w in zip(self._names, self._weights)],
+            "autotune": self.autotune,
+            "torch": torch.__version__,
+            "machine": platform.machine(),
+            "isa": str(torch._inductor.cpu_vec_isa.pick_vec_isa()),
+            "code": _source_digest(),
+        }
+        return hashlib.sha256(json.dumps(described, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+    def _load(self, signature: tuple, inputs: list[torch.Tensor], flags: tuple):
+        folder = self.cache if self.cache is not None else cache_dir()
+        path = folder / f"denoiser-{self._key(signature)}.pt2"
+        if not path.is_file():
+            folder.mkdir(parents=True, exist_ok=True)
+            flat = _FlatForward(self.module, self._names, *flags)
+            start = time.perf_counter()
+            _log.info("compiling the denoiser for input shapes %s with AOTInductor (once per shape; kept in %s)",
+                      [tuple(x.shape) for x in inputs], folder)
+            with torch.no_grad():
+                program = torch.export.export(flat, tuple(inputs + self._weights), strict=False)
+                tmp = path.with_name(f"{path.stem}.tmp{os.getpid()}.pt2")
+                try:
+                    torch._inductor.aoti_compile_and_package(
+                        program, package_path=str(tmp), inductor_configs={"max_autotune": self.autotune})
+                    os.replace(tmp, path)  # atomic: a killed compile leaves no half-written library
+                finally:
+                    tmp.unlink(missing_ok=True)
+            _log.info("compiled in %.1f s: %s", time.perf_counter() - start, path)
+        package = torch._inductor.aoti_load_package(str(path))
+        loader = getattr(package, "loader", None)
+        if loader is not None and hasattr(loader, "boxed_run"):
+            run = loader.boxed_run  # one C++ call on the flat list (the package's __call__ re-flattens a pytree)
+            return lambda flat_inputs: run(flat_inputs)[0]
+        return lambda flat_inputs: package(*flat_inputs)
