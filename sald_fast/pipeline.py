@@ -25,7 +25,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -116,6 +116,13 @@ def compile_bucket(num_latent_frames: int) -> int:
         if n <= b:
             return b
     return -(-n // 128) * 128
+
+
+def _weights_key(module: nn.Module) -> tuple:
+    """What a compiled copy of ``module`` depends on: every parameter's and buffer's address,
+    version (bumped by in-place updates) and device, and the ops backend."""
+    tensors = list(module.parameters()) + list(module.buffers())
+    return tuple((p.data_ptr(), p._version, p.device) for p in tensors), getattr(module, "backend", None)
 
 
 def _pad_tokens(text: torch.Tensor, mask: torch.Tensor | None, length: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -309,7 +316,8 @@ class SignSALD(nn.Module):
                                        guidance=guidance, scheduler=scheduler, generator=generator,
                                        progress=progress, device=device, cuda_graph=bool(cuda_graph),
                                        pad_frames_to=pad_to)
-            features = self.decode_latents(z0)[:, :num_frames].float().cpu()
+            decode = (self.compiled_decoder() if compile else None) or self.decode_latents
+            features = decode(z0)[:, :num_frames].float().cpu()
         return self.poses_from_features(features, texts, frame_lengths)
 
     def compiled_denoiser(self) -> nn.Module:
@@ -328,12 +336,12 @@ class SignSALD(nn.Module):
         against the eager reference and ``torch.compile`` of the reference.
         """
         den = _unwrap(self.denoiser)
-        key = (tuple((p.data_ptr(), p._version, p.device) for p in den.parameters()), getattr(den, "backend", None))
+        key = _weights_key(den)
         cached = self.__dict__.get("_compiled_denoiser")
         if cached is not None and cached[0] == key:
             return cached[1]
         if next(den.parameters()).device.type == "cpu":
-            from .aot_denoiser import AOTDenoiser
+            from .aot import AOTDenoiser
 
             compiled = AOTDenoiser(den)
             how = "AOTInductor, max_autotune"
@@ -350,6 +358,22 @@ class SignSALD(nn.Module):
         logging.getLogger(__name__).info("compiled the denoiser for sampling (%s); the first run of each shape "
                                          "compiles it", how)
         return compiled
+
+    def compiled_decoder(self) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        """:meth:`decode_latents` compiled on the CPU: an :class:`~sald_fast.aot.AOTDecoder` of a
+        frozen copy of the VAE (one library for every length, kept on disk like
+        :meth:`compiled_denoiser`'s), made again when a VAE weight changes. None off the CPU (the
+        decode is a small share of sampling there)."""
+        vae = _unwrap(self.vae)
+        if next(vae.parameters()).device.type != "cpu":
+            return None
+        key = _weights_key(vae)
+        cached = self.__dict__.get("_compiled_decoder")
+        if cached is None or cached[0] != key:
+            from .aot import AOTDecoder
+
+            cached = self.__dict__["_compiled_decoder"] = (key, AOTDecoder(vae))  # not a submodule
+        return cached[1]
 
     def predict_num_frames(self, texts: str | Sequence[str]) -> torch.Tensor:
         """(B,) int64 frames per prompt predicted by :attr:`duration` (at most what the denoiser

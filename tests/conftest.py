@@ -14,7 +14,7 @@ torch.set_num_threads(1)
 
 @pytest.fixture(scope="session", autouse=True)
 def _aot_cache(tmp_path_factory):
-    """Compiled denoiser libraries (sald_fast.aot_denoiser) go to a directory of this session, not
+    """Compiled denoiser libraries (sald_fast.aot) go to a directory of this session, not
     the user's cache: each session compiles what it uses, once."""
     old = os.environ.get("SALD_FAST_CACHE")
     os.environ["SALD_FAST_CACHE"] = str(tmp_path_factory.mktemp("sald_fast_cache"))

@@ -197,7 +197,7 @@ def _sampler_inputs(den: Denoiser, B: int = 2, N: int = 6, L: int = 5, seed: int
 def test_aot_denoiser_runs_other_calls_eagerly_and_checks_input():
     """Calls the library is not built for run the eager copy (so they need no compile); bad input
     fails with the eager checks' message before any compile."""
-    from sald_fast.aot_denoiser import AOTDenoiser
+    from sald_fast.aot import AOTDenoiser
 
     den = _denoiser()
     aot = AOTDenoiser(den)
@@ -219,7 +219,7 @@ def test_aot_denoiser_runs_other_calls_eagerly_and_checks_input():
 
 def test_aot_denoiser_failed_compile_leaves_no_file(tmp_path, monkeypatch):
     """A compile that dies (killed, out of memory) leaves nothing in the cache to be loaded later."""
-    from sald_fast import aot_denoiser
+    from sald_fast import aot
 
     def fail(program, package_path, **kwargs):
         with open(package_path, "wb") as f:
@@ -228,10 +228,10 @@ def test_aot_denoiser_failed_compile_leaves_no_file(tmp_path, monkeypatch):
 
     monkeypatch.setattr(torch._inductor, "aoti_compile_and_package", fail)
     den = _denoiser()
-    aot = aot_denoiser.AOTDenoiser(den, cache=tmp_path)
+    compiled = aot.AOTDenoiser(den, cache=tmp_path)
     z, t, lengths, context, film = _sampler_inputs(den)
     with torch.no_grad(), pytest.raises(RuntimeError, match="compiler killed"):
-        aot.guided_prediction(z, t, lengths, context, film, 1.5)
+        compiled.guided_prediction(z, t, lengths, context, film, 1.5)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -240,7 +240,7 @@ def test_aot_denoiser_equals_eager_and_is_reused_for_new_weights(tmp_path, monke
     """The compiled guided step equals the eager one (fp32, 1e-5 of the scale) with lengths and a
     text mask; a second model of the same config with other weights loads the same library from
     the cache (no compile) and gives its own eager result."""
-    from sald_fast import aot_denoiser
+    from sald_fast import aot
 
     den = _denoiser()
     z, t, lengths, context, film = _sampler_inputs(den)
@@ -252,11 +252,11 @@ def test_aot_denoiser_equals_eager_and_is_reused_for_new_weights(tmp_path, monke
         eps_c, eps_u = eps.chunk(2)
         return eps_u + guidance * (eps_c - eps_u)
 
-    aot = aot_denoiser.AOTDenoiser(den, autotune=False, cache=tmp_path)
+    first = aot.AOTDenoiser(den, autotune=False, cache=tmp_path)
     with torch.no_grad():
         for guidance in (1.5, 3.0):  # a tensor input: one library
-            _close(aot.guided_prediction(z, t, lengths, context, film, guidance), eager(den, context, film, guidance))
-    assert len(aot.compiled_signatures) == 1 and len(list(tmp_path.glob("*.pt2"))) == 1
+            _close(first.guided_prediction(z, t, lengths, context, film, guidance), eager(den, context, film, guidance))
+    assert len(first.compiled_signatures) == 1 and len(list(tmp_path.glob("*.pt2"))) == 1
 
     other = _denoiser()
     with torch.no_grad():
@@ -264,12 +264,33 @@ def test_aot_denoiser_equals_eager_and_is_reused_for_new_weights(tmp_path, monke
             p.add_(0.1 * torch.randn_like(p))
     monkeypatch.setattr(torch._inductor, "aoti_compile_and_package",
                         lambda *a, **k: pytest.fail("compiled again for new weights"))
-    aot2 = aot_denoiser.AOTDenoiser(other, autotune=False, cache=tmp_path)
+    second = aot.AOTDenoiser(other, autotune=False, cache=tmp_path)
     _, _, _, context2, film2 = _sampler_inputs(other)
     with torch.no_grad():
-        got = aot2.guided_prediction(z, t, lengths, context2, film2, 1.5)
+        got = second.guided_prediction(z, t, lengths, context2, film2, 1.5)
     _close(got, eager(other, context2, film2, 1.5))
     assert not torch.allclose(got, eager(den, context, film, 1.5))
+
+
+@pytest.mark.slow
+def test_aot_decoder_equals_eager_for_every_length(tmp_path):
+    """One decoder library (dynamic latent frames) gives the eager decode for several lengths;
+    shorter than 3 latent frames and calls with gradients run the eager copy."""
+    from sald_fast.aot import AOTDecoder
+
+    model = _small_model()
+    dec = AOTDecoder(model.vae, autotune=False, cache=tmp_path)
+    shape = model.vae.latent_shape
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for n in (3, 5, 8, 2):
+            z = torch.randn(1, n, *shape, generator=g)
+            _close(dec(z), model.decode_latents(z))
+        with pytest.raises(ValueError, match="z must have shape"):
+            dec(torch.randn(1, 5, shape[0], shape[1] + 1))
+    assert dec.compiled_signatures == [(1, *shape, torch.float32)] and len(list(tmp_path.glob("*.pt2"))) == 1
+    z = torch.randn(1, 4, *shape, generator=g)
+    _close(dec(z), model.decode_latents(z))  # gradients enabled: the eager copy
 
 
 # ----------------------------------------------------------------------------- auto's remembered choice

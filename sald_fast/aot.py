@@ -1,18 +1,20 @@
-"""The denoiser compiled ahead of time for sampling on the CPU (AOTInductor).
+"""Sampling modules compiled ahead of time for the CPU (AOTInductor).
 
 :class:`AOTDenoiser` runs the call the sampler makes at every step -- ``denoiser(z_t, t,
 lengths=, text_context=, film=, shared_halves=)`` with the text keys/values from ``encode_text``
-and a FiLM row from ``film_parameters`` -- through a shared library that AOTInductor built for
+and a FiLM row from ``film_parameters``, or the whole classifier-free-guided step
+(:meth:`AOTDenoiser.guided_prediction`) -- through a shared library that AOTInductor built for
 that input shape (``torch.export`` of the reference ops, then ``torch._inductor.
 aoti_compile_and_package``). A call is one C++ entry: no Dynamo frame, guard or AOTAutograd
 wrapper per step, which on a 2-core CPU was ~0.2 ms of each tiny-preset step (10 ms of a DDIM-50
-sentence; ``python -m bench.sampling_ab --compiled``).
+sentence). :class:`AOTDecoder` does the same for the VAE decode of the sampled latents, with the
+number of latent frames a dynamic dimension (one library for every length >= 3).
 
-The weights are inputs of the library, not constants baked into it, so a library depends only on
+The weights are inputs of a library, not constants baked into it, so a library depends only on
 the model config, the input shapes and the code: it is written once to :func:`cache_dir` and
 serves every checkpoint of that config (no recompile after training or loading new weights).
-Every other call -- with gradients enabled, without a text context or FiLM row, on a
-non-CPU tensor -- runs the eager copy of the module.
+Every other call -- with gradients enabled, without a text context or FiLM row, on a non-CPU
+tensor -- runs the eager copy of the module.
 """
 
 from __future__ import annotations
@@ -32,12 +34,12 @@ from torch import nn
 
 from .denoiser import TextContext
 
-__all__ = ["AOTDenoiser", "cache_dir"]
+__all__ = ["AOTDenoiser", "AOTDecoder", "cache_dir"]
 
 _log = logging.getLogger(__name__)
 # the code a compiled library depends on: a change to any of these files invalidates the cache
-_SOURCES = ("aot_denoiser.py", "denoiser.py", "ops/__init__.py", "ops/reference.py", "ops/dispatch.py",
-            "ops/checks.py")
+_SOURCES = ("aot.py", "denoiser.py", "vae.py", "features.py", "skeleton.py", "ops/__init__.py", "ops/reference.py",
+            "ops/dispatch.py", "ops/checks.py")
 
 
 def cache_dir() -> Path:
@@ -117,10 +119,7 @@ class AOTDenoiser:
         self.module = module
         self.autotune = bool(autotune)
         self.cache = Path(cache) if cache is not None else None
-        self._names = [n for n, _ in module.named_parameters()] + [n for n, _ in module.named_buffers()]
-        state = dict(module.named_parameters())
-        state.update(module.named_buffers())
-        self._weights = [state[n] for n in self._names]
+        self._names, self._weights = _state(module)
         self._runners: dict[tuple, object] = {}
 
     def __getattr__(self, name: str):
@@ -196,42 +195,127 @@ class AOTDenoiser:
 
     # ------------------------------------------------------------------ compile / load
 
-    def _key(self, signature: tuple) -> str:
-        config = getattr(self.module, "config", None)
-        described = {
-            "config": asdict(config) if config is not None else type(self.module).__name__,
-            "signature": repr(signature),
-            "weights": [(n, tuple(w.shape), str(w.dtype)) for n, w in zip(self._names, self._weights)],
-            "autotune": self.autotune,
-            "torch": torch.__version__,
-            "machine": platform.machine(),
-            "isa": str(torch._inductor.cpu_vec_isa.pick_vec_isa()),
-            "code": _source_digest(),
-        }
-        return hashlib.sha256(json.dumps(described, sort_keys=True, default=str).encode()).hexdigest()[:32]
-
     def _load(self, signature: tuple, inputs: list[torch.Tensor], flags: tuple):
-        folder = self.cache if self.cache is not None else cache_dir()
-        path = folder / f"denoiser-{self._key(signature)}.pt2"
-        if not path.is_file():
-            folder.mkdir(parents=True, exist_ok=True)
-            flat = _FlatForward(self.module, self._names, *flags)
-            start = time.perf_counter()
-            _log.info("compiling the denoiser for input shapes %s with AOTInductor (once per shape; kept in %s)",
-                      [tuple(x.shape) for x in inputs], folder)
-            with torch.no_grad():
-                program = torch.export.export(flat, tuple(inputs + self._weights), strict=False)
-                tmp = path.with_name(f"{path.stem}.tmp{os.getpid()}.pt2")
-                try:
-                    torch._inductor.aoti_compile_and_package(
-                        program, package_path=str(tmp), inductor_configs={"max_autotune": self.autotune})
-                    os.replace(tmp, path)  # atomic: a killed compile leaves no half-written library
-                finally:
-                    tmp.unlink(missing_ok=True)
-            _log.info("compiled in %.1f s: %s", time.perf_counter() - start, path)
-        package = torch._inductor.aoti_load_package(str(path))
-        loader = getattr(package, "loader", None)
-        if loader is not None and hasattr(loader, "boxed_run"):
-            run = loader.boxed_run  # one C++ call on the flat list (the package's __call__ re-flattens a pytree)
-            return lambda flat_inputs: run(flat_inputs)[0]
-        return lambda flat_inputs: package(*flat_inputs)
+        flat = _FlatForward(self.module, self._names, *flags)
+        return _library("denoiser", self.module, self._names, self._weights, signature, flat, inputs, self.autotune,
+                        self.cache)
+
+
+def _state(module: nn.Module) -> tuple[list[str], list[torch.Tensor]]:
+    """The names and tensors of ``module``'s parameters and buffers (the libraries' weight inputs)."""
+    names = [n for n, _ in module.named_parameters()] + [n for n, _ in module.named_buffers()]
+    state = dict(module.named_parameters())
+    state.update(module.named_buffers())
+    return names, [state[n] for n in names]
+
+
+def _library(kind: str, module: nn.Module, names: list[str], weights: list[torch.Tensor], signature: tuple,
+             flat: nn.Module, inputs: list[torch.Tensor], autotune: bool, cache: Path | None,
+             dynamic_shapes=None):
+    """The compiled library of ``flat`` for ``inputs`` (+ the weights): loaded from the cache folder,
+    or exported, compiled and written there first (atomically). Returns ``run(flat_inputs) -> output``."""
+    folder = cache if cache is not None else cache_dir()
+    config = getattr(module, "config", None)
+    described = {
+        "kind": kind,
+        "config": asdict(config) if config is not None else type(module).__name__,
+        "signature": repr(signature),
+        "weights": [(n, tuple(w.shape), str(w.dtype)) for n, w in zip(names, weights)],
+        "dynamic": repr(dynamic_shapes),
+        "autotune": autotune,
+        "torch": torch.__version__,
+        "machine": platform.machine(),
+        "isa": str(torch._inductor.cpu_vec_isa.pick_vec_isa()),
+        "code": _source_digest(),
+    }
+    key = hashlib.sha256(json.dumps(described, sort_keys=True, default=str).encode()).hexdigest()[:32]
+    path = folder / f"{kind}-{key}.pt2"
+    if not path.is_file():
+        folder.mkdir(parents=True, exist_ok=True)
+        start = time.perf_counter()
+        _log.info("compiling the %s for input shapes %s with AOTInductor (once per shape and machine; kept in %s)",
+                  kind, [tuple(x.shape) for x in inputs], folder)
+        shapes = None if dynamic_shapes is None else (*dynamic_shapes, (None,) * len(weights))
+        with torch.no_grad():
+            program = torch.export.export(flat, tuple(inputs + weights), dynamic_shapes=shapes, strict=False)
+            tmp = path.with_name(f"{path.stem}.tmp{os.getpid()}.pt2")
+            try:
+                torch._inductor.aoti_compile_and_package(program, package_path=str(tmp),
+                                                         inductor_configs={"max_autotune": autotune})
+                os.replace(tmp, path)  # atomic: a killed compile leaves no half-written library
+            finally:
+                tmp.unlink(missing_ok=True)
+        _log.info("compiled in %.1f s: %s", time.perf_counter() - start, path)
+    package = torch._inductor.aoti_load_package(str(path))
+    loader = getattr(package, "loader", None)
+    if loader is not None and hasattr(loader, "boxed_run"):
+        run = loader.boxed_run  # one C++ call on the flat list (the package's __call__ re-flattens a pytree)
+        return lambda flat_inputs: run(flat_inputs)[0]
+    return lambda flat_inputs: package(*flat_inputs)
+
+
+class _DecodeLatents(nn.Module):
+    """``SignSALD.decode_latents``: latents (B, N', J', d_z) -> unnormalised features (B, 4N', 44, 9)."""
+
+    def __init__(self, vae: nn.Module) -> None:
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        scale = getattr(self.vae, "latent_scale", None)
+        x = self.vae.decode(z / scale if isinstance(scale, torch.Tensor) else z)
+        return self.vae.normalizer.denormalize(x)
+
+
+class _FlatDecode(nn.Module):
+    """:class:`_DecodeLatents` with the weights as trailing inputs (what ``torch.export`` traces)."""
+
+    def __init__(self, decode: nn.Module, names: list[str]) -> None:
+        super().__init__()
+        object.__setattr__(self, "decode", decode)
+        self.names = names
+
+    def forward(self, z: torch.Tensor, *weights: torch.Tensor) -> torch.Tensor:
+        return torch.func.functional_call(self.decode, dict(zip(self.names, weights)), (z,))
+
+
+class AOTDecoder:
+    """A frozen, eval-mode copy of a :class:`~sald_fast.vae.SkeletonVAE`'s decoder path,
+    ``SignSALD.decode_latents``: latents (B, N', J', d_z) -> unnormalised features (B, 4N', 44, 9),
+    compiled by AOTInductor on the CPU (see the module docstring).
+
+    The number of latent frames is dynamic: one library per (batch, dtype) serves every N' >= 3
+    (shorter inputs, calls with gradients enabled and non-CPU tensors run the eager copy, which
+    runs backend "reference" like the library). ``autotune`` and ``cache`` as for
+    :class:`AOTDenoiser`.
+    """
+
+    def __init__(self, vae: nn.Module, autotune: bool = True, cache: str | os.PathLike | None = None) -> None:
+        vae = copy.deepcopy(vae).eval().requires_grad_(False)
+        if hasattr(vae, "backend"):
+            vae.backend = "reference"
+        self.module = _DecodeLatents(vae)
+        self.autotune = bool(autotune)
+        self.cache = Path(cache) if cache is not None else None
+        self._names, self._weights = _state(self.module)
+        self._runners: dict[tuple, object] = {}
+
+    @property
+    def compiled_signatures(self) -> list[tuple]:
+        """The input signatures (batch, J', d_z, dtype) this object has a loaded library for."""
+        return list(self._runners)
+
+    def __call__(self, z: torch.Tensor) -> torch.Tensor:
+        if not (isinstance(z, torch.Tensor) and z.dim() == 4 and z.shape[1] >= 3 and z.device.type == "cpu"
+                and z.is_floating_point() and not torch.is_grad_enabled()):
+            return self.module(z)
+        self.module.vae._check_tensor(z, "z", "(B, N', J', d_z)", self.module.vae.latent_shape)  # eager's checks
+        signature = (z.shape[0], *z.shape[2:], z.dtype)
+        runner = self._runners.get(signature)
+        if runner is None:
+            flat = _FlatDecode(self.module, self._names)
+            frames = torch.export.Dim("latent_frames", min=3)
+            runner = self._runners[signature] = _library("decoder", self.module.vae, self._names, self._weights,
+                                                         signature, flat, [z.contiguous()], self.autotune, self.cache,
+                                                         dynamic_shapes=({1: frames},))
+        return runner([z.contiguous()] + self._weights)
