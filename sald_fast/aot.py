@@ -89,9 +89,12 @@ class _FlatForward(nn.Module):
         if self.guided:
             z_t, t = torch.cat([z_t, z_t]), torch.cat([t, t])
             lengths = None if lengths is None else torch.cat([lengths, lengths])
+        # the unconditional half attends to the null token alone (one row of it per sample): its
+        # cross-attention is that token's projected value (Denoiser.forward's null_text_half)
+        null_text = self.guided and self.num_values > 0 and keys[0].shape[0] == z_t.shape[0]
         out = torch.func.functional_call(self.denoiser, dict(zip(self.names, weights)), (z_t, t),
                                          dict(lengths=lengths, text_context=context, film=film,
-                                              shared_halves=self.shared_halves))
+                                              shared_halves=self.shared_halves, null_text_half=null_text))
         if not self.guided:
             return out
         eps_c, eps_u = out.float().chunk(2)
@@ -152,9 +155,11 @@ class AOTDenoiser:
         2B (the conditional half, then the unconditional half), as shared halves, then
         ``eps_u + guidance * (eps_c - eps_u)`` (B, N', J', d_z) float32, all in one library call.
 
-        z_t (B, N', J', d_z); t, lengths (B,); ``text_context`` of batch 2B from ``encode_text``
-        (conditional rows first); ``film`` (1, F, 2, D) from ``film_parameters``. The sampler uses
-        it (:func:`sald_fast.diffusion._guided`) when the denoiser offers it.
+        z_t (B, N', J', d_z); t, lengths (B,); ``text_context`` of batch 2B from ``encode_text``:
+        the B conditional rows, then B rows with ``drop_text`` True (the null token alone: their
+        cross-attention is computed once per layer, ``Denoiser.forward``'s ``null_text_half``), or
+        of batch 1; ``film`` (1, F, 2, D) from ``film_parameters``. The planned sampler uses it
+        when the denoiser offers it.
         """
         if not self._compiles(z_t, t, None, None, None, text_context, film):
             z2, t2 = torch.cat([z_t, z_t]), torch.cat([t, t])

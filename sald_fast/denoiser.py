@@ -146,6 +146,12 @@ class CrossAttention(nn.Module):
             o = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
         return self.proj(o.transpose(1, 2).reshape(B, N, J, D))
 
+    def single_token_output(self, values: torch.Tensor) -> torch.Tensor:
+        """The output for a text of one attended token, whatever the query: its value, projected.
+        values (B, H, d) of that token -> (B, D)."""
+        B, H, d = values.shape
+        return self.proj(values.reshape(B, H * d))
+
 
 class TextConcat(nn.Module):
     """Table 3's "w/o CrossAttn" text conditioning: ``proj([y, s])`` (D + text_dim -> D) with the
@@ -489,7 +495,8 @@ class Denoiser(BackendAttribute, VariantCheckedLoad, nn.Module):
     def forward(self, z_t: torch.Tensor, t: torch.Tensor | int | float, text: torch.Tensor | None = None,
                 text_mask: torch.Tensor | None = None, lengths: torch.Tensor | None = None,
                 drop_text: torch.Tensor | None = None, *, text_context: TextContext | None = None,
-                film: torch.Tensor | None = None, shared_halves: bool = False) -> torch.Tensor:
+                film: torch.Tensor | None = None, shared_halves: bool = False,
+                null_text_half: bool = False) -> torch.Tensor:
         """Predict the diffusion target of ``z_t`` (the noise, the clean latent or v, as the
         ``DiffusionConfig.prediction_type`` it was trained with says).
 
@@ -504,13 +511,18 @@ class Denoiser(BackendAttribute, VariantCheckedLoad, nn.Module):
         (keyword): the caller promises that the two halves of the batch have the same z_t, t and
         lengths (the conditional and unconditional halves of a classifier-free-guidance batch), so
         the sub-blocks before the first text-conditioned one run once, on the first half, and are
-        copied (the same result as running both halves). Returns the prediction (B, N', J', d_z)
+        copied (the same result as running both halves). ``null_text_half`` (keyword, with
+        ``shared_halves`` and cross-attention): the caller also promises that the second half's
+        text context is the null token alone (``encode_text`` with ``drop_text`` True there), so
+        its cross-attention output is that token's projected value for every query, computed once
+        per layer instead of attended. Returns the prediction (B, N', J', d_z)
         in z_t's dtype; outputs on valid frames do not depend on the content of padded frames.
         """
         t, context = self._check_inputs(z_t, t, text, text_mask, lengths, drop_text, text_context)
         B, N, J, _ = z_t.shape
         dtype, device = self._param_dtype_device()
         self._check_film(film, shared_halves, B, device)
+        null_text = self._check_null_text_half(null_text_half, shared_halves, text_context, B)
         if context is None:
             context = self.encode_text(text, text_mask, drop_text, batch_size=B)
         backend = self.backend
@@ -538,7 +550,10 @@ class Denoiser(BackendAttribute, VariantCheckedLoad, nn.Module):
                             lengths if b == B or lengths is None else lengths[:b], context, l, backend)):
                         if b != B and name in ("cross", "text_concat"):
                             z, y, b = torch.cat([z, z]), torch.cat([y, y]), B
-                        h = sub_block(y)
+                        if null_text and name == "cross":
+                            h = self._cross_with_null_half(layer, l, y, context)
+                        else:
+                            h = sub_block(y)
                         row = film[:, f]  # (1 or B, 2, D)
                         gamma, beta = (row.expand(b, 2, -1) if row.shape[0] == 1 else row[:b]).unbind(1)
                         f += 1
@@ -549,6 +564,29 @@ class Denoiser(BackendAttribute, VariantCheckedLoad, nn.Module):
                 outputs.append(z)
             eps = self.out_proj(y)
         return eps.to(z_t.dtype)
+
+    def _check_null_text_half(self, null_text_half: bool, shared_halves: bool, context: TextContext | None,
+                              B: int) -> bool:
+        if not null_text_half:
+            return False
+        if not shared_halves or context is None or self.config.text_conditioning != "cross_attention":
+            raise ValueError("null_text_half=True needs shared_halves=True, a text_context and cross-attention "
+                             "text conditioning")
+        if context.batch_size != B:
+            raise ValueError(f"null_text_half=True needs a text_context with a row per sample (B={B}: conditional, "
+                             f"then null), got batch {context.batch_size}")
+        return True
+
+    def _cross_with_null_half(self, layer: "DenoiserLayer", l: int, y: torch.Tensor,
+                              context: TextContext) -> torch.Tensor:
+        """Cross-attention of y (B, N, J, D) whose second half attends to the null token alone: the
+        first half attended, the second half the null token's projected value (the same result)."""
+        B, N, J, D = y.shape
+        half = B // 2
+        keys, values, mask = context.keys[l], context.values[l], context.mask
+        h_c = layer.cross(y[:half], keys[:half], values[:half], None if mask is None else mask[:half])
+        h_u = layer.cross.single_token_output(values[half:, :, 0].to(y.dtype))  # (B - half, D)
+        return layer.dropout(torch.cat([h_c, h_u.view(B - half, 1, 1, D).expand(B - half, N, J, D)]))
 
     def _check_film(self, film: torch.Tensor | None, shared_halves: bool, B: int, device: torch.device) -> None:
         if shared_halves and B % 2:

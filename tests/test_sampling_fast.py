@@ -59,8 +59,12 @@ def test_film_table_and_shared_halves_equal_the_plain_forward(changes):
     context = den.encode_text(text, mask, drop)
     film = den.film_parameters(torch.tensor([637, 12]))
     assert film.shape == (2, den.num_film, 2, den.config.dim)
-    for kwargs in ({"film": film[:1]}, {"shared_halves": True}, {"film": film[:1], "shared_halves": True},
-                   {"film": film[:1].expand(z.shape[0], -1, -1, -1), "shared_halves": True}):
+    cases = [{"film": film[:1]}, {"shared_halves": True}, {"film": film[:1], "shared_halves": True},
+             {"film": film[:1].expand(z.shape[0], -1, -1, -1), "shared_halves": True}]
+    if den.config.text_conditioning == "cross_attention":  # the second half is the null text (drop)
+        cases += [{"shared_halves": True, "null_text_half": True},
+                  {"film": film[:1], "shared_halves": True, "null_text_half": True}]
+    for kwargs in cases:
         out = den(z, t, lengths=lengths, text_context=context, **kwargs)
         _close(out, expected)
     # another timestep's row gives another answer: the table is what the forward reads
@@ -80,6 +84,14 @@ def test_film_and_shared_halves_reject_bad_input():
         den(z, t, lengths=lengths, text_context=context, film=torch.zeros(1, den.num_film, 2, 16, dtype=torch.long))
     with pytest.raises(TypeError, match="1-D int or float"):
         den.film_parameters(torch.zeros(2, 2))
+    with pytest.raises(ValueError, match="null_text_half=True needs shared_halves"):
+        den(z, t, lengths=lengths, text_context=context, null_text_half=True)
+    with pytest.raises(ValueError, match="a row per sample"):
+        den(z, t, lengths=lengths, text_context=den.encode_text(None), shared_halves=True, null_text_half=True)
+    concat = _denoiser(text_conditioning="concat")
+    with pytest.raises(ValueError, match="cross-attention"):
+        concat(z, t, lengths=lengths, text_context=concat.encode_text(text, mask, drop), shared_halves=True,
+               null_text_half=True)
 
 
 @pytest.mark.parametrize("scheduler", ["ddim", "dpm++"])
