@@ -14,7 +14,8 @@ and prints their medians and ratios::
 Both sample from the precomputed plan (no diffusers call per step). ``--compiled`` adds
 ``compiled_reference`` (``torch.compile`` of the reference denoiser, default options: the
 "vs torch.compile" baseline) and ``fast_compiled`` (``generate(..., compile=True)`` with backend
-"auto": the fast path, :meth:`SignSALD.compiled_denoiser`). ``--diffusers-loop`` adds the
+"auto": the fast path, on the CPU the AOTInductor libraries of :mod:`sald_fast.aot`, compiled on
+the first call or loaded from their disk cache). ``--diffusers-loop`` adds the
 reference stepping through the diffusers scheduler with neither the plan nor the per-run FiLM
 table and shared CFG halves (the sampling loop before them). A call is the whole ``generate``:
 text encoding (prompt cache cleared), sampling, VAE decoding and the pose outputs.
