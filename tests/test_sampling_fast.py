@@ -189,21 +189,14 @@ def test_generate_compiled_equals_eager():
 
 # ----------------------------------------------------------------------------- AOTDenoiser
 
-def _sampler_inputs(den: Denoiser, B: int = 2, N: int = 6, L: int = 5, seed: int = 0):
+def _sampler_inputs(den: Denoiser, B: int = 2):
     """What the planned sampler hands the denoiser: z (B), t (B), lengths (B), a text context of the
-    CFG batch 2B, a FiLM row."""
-    g = torch.Generator().manual_seed(seed)
-    c = den.config
-    z = torch.randn(B, N, c.num_atoms, c.latent_dim, generator=g)
-    text = torch.randn(B, L, c.text_dim, generator=g)
-    mask = torch.ones(B, L, dtype=torch.bool)
-    mask[-1, 2:] = False
-    lengths = torch.tensor([N, 3])[:B]
-    drop = torch.cat([torch.zeros(B, dtype=torch.bool), torch.ones(B, dtype=torch.bool)])
+    CFG batch 2B (conditional rows, then dropped ones), a FiLM row."""
+    z, t, text, mask, lengths, drop = _cfg_batch(den, B)
     with torch.no_grad():
-        context = den.encode_text(torch.cat([text, text]), torch.cat([mask, mask]), drop)
+        context = den.encode_text(text, mask, drop)
         film = den.film_parameters(torch.tensor([637]))
-    return z, torch.full((B,), 637), lengths, context, film
+    return z[:B], t[:B], lengths[:B], context, film
 
 
 def test_aot_denoiser_runs_other_calls_eagerly_and_checks_input():
