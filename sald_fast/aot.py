@@ -61,6 +61,14 @@ def _source_digest() -> str:
     return h.hexdigest()
 
 
+def _guided_step(denoise, z_t: torch.Tensor, t: torch.Tensor, lengths: torch.Tensor | None, guidance) -> torch.Tensor:
+    """Both classifier-free-guidance halves of B samples through ``denoise(z, t, lengths)`` (a batch
+    of 2B: conditional, then unconditional), combined: ``eps_u + guidance * (eps_c - eps_u)`` float32."""
+    lengths = None if lengths is None else torch.cat([lengths, lengths])
+    eps_c, eps_u = denoise(torch.cat([z_t, z_t]), torch.cat([t, t]), lengths).float().chunk(2)
+    return eps_u + guidance * (eps_c - eps_u)
+
+
 class _FlatForward(nn.Module):
     """The sampler's denoiser call with the weights and the text context as flat tensor inputs
     (what ``torch.export`` traces). The denoiser is held outside the module tree, so the export
@@ -86,19 +94,17 @@ class _FlatForward(nn.Module):
         keys, rest = rest[:self.num_keys], rest[self.num_keys:]
         values, weights = rest[:self.num_values], rest[self.num_values:]
         context = TextContext(keys, values, mask)
-        if self.guided:
-            z_t, t = torch.cat([z_t, z_t]), torch.cat([t, t])
-            lengths = None if lengths is None else torch.cat([lengths, lengths])
-        # the unconditional half attends to the null token alone (one row of it per sample): its
-        # cross-attention is that token's projected value (Denoiser.forward's null_text_half)
-        null_text = self.guided and self.num_values > 0 and keys[0].shape[0] == z_t.shape[0]
-        out = torch.func.functional_call(self.denoiser, dict(zip(self.names, weights)), (z_t, t),
-                                         dict(lengths=lengths, text_context=context, film=film,
-                                              shared_halves=self.shared_halves, null_text_half=null_text))
-        if not self.guided:
-            return out
-        eps_c, eps_u = out.float().chunk(2)
-        return eps_u + guidance * (eps_c - eps_u)
+        # guided: the unconditional half attends to the null token alone (one row of it per sample):
+        # its cross-attention is that token's projected value (Denoiser.forward's null_text_half)
+        null_text = self.guided and self.num_values > 0 and keys[0].shape[0] == 2 * z_t.shape[0]
+        state = dict(zip(self.names, weights))
+
+        def denoise(z, t, lengths):
+            return torch.func.functional_call(self.denoiser, state, (z, t),
+                                              dict(lengths=lengths, text_context=context, film=film,
+                                                   shared_halves=self.shared_halves, null_text_half=null_text))
+
+        return _guided_step(denoise, z_t, t, lengths, guidance) if self.guided else denoise(z_t, t, lengths)
 
 
 class AOTDenoiser:
@@ -162,11 +168,9 @@ class AOTDenoiser:
         when the denoiser offers it.
         """
         if not self._compiles(z_t, t, None, None, None, text_context, film):
-            z2, t2 = torch.cat([z_t, z_t]), torch.cat([t, t])
-            l2 = None if lengths is None else torch.cat([lengths, lengths])
-            eps_c, eps_u = self.module(z2, t2, lengths=l2, text_context=text_context, film=film,
-                                       shared_halves=True).float().chunk(2)
-            return eps_u + guidance * (eps_c - eps_u)
+            return _guided_step(lambda z, t, lengths: self.module(z, t, lengths=lengths, text_context=text_context,
+                                                                  film=film, shared_halves=True),
+                                z_t, t, lengths, guidance)
         B = z_t.shape[0]
         self.module._check_inputs(z_t, t, None, None, lengths, None, None)  # z_t, t, lengths of the B samples
         if not isinstance(text_context, TextContext) or text_context.batch_size not in (1, 2 * B):

@@ -324,9 +324,9 @@ class SignSALD(nn.Module):
     def compiled_denoiser(self) -> nn.Module:
         """A compiled, frozen, eval-mode copy of :attr:`denoiser`, for sampling (no grad).
 
-        On the CPU an :class:`~sald_fast.aot_denoiser.AOTDenoiser`: the sampler's call compiled
+        On the CPU an :class:`~sald_fast.aot.AOTDenoiser`: the sampler's call compiled
         ahead of time by AOTInductor, one library per input shape, kept on disk
-        (:func:`~sald_fast.aot_denoiser.cache_dir`) and shared by every checkpoint of the config;
+        (:func:`~sald_fast.aot.cache_dir`) and shared by every checkpoint of the config;
         a step is one C++ call (no Dynamo guard or wrapper per step). Elsewhere ``torch.compile``
         of the copy (Inductor defaults; static shapes, see :func:`compile_bucket`).
 
@@ -336,17 +336,11 @@ class SignSALD(nn.Module):
         be opaque calls in its graph). ``python -m bench.sampling_ab --compiled`` measures it
         against the eager reference and ``torch.compile`` of the reference.
         """
-        den = _unwrap(self.denoiser)
-        key = _weights_key(den)
-        cached = self.__dict__.get("_compiled_denoiser")
-        if cached is not None and cached[0] == key:
-            return cached[1]
-        if next(den.parameters()).device.type == "cpu":
-            from .aot import AOTDenoiser
+        def make(den: nn.Module):
+            if next(den.parameters()).device.type == "cpu":
+                from .aot import AOTDenoiser
 
-            compiled = AOTDenoiser(den)
-            how = "AOTInductor, max_autotune"
-        else:
+                return AOTDenoiser(den)
             snapshot = copy.deepcopy(den).eval().requires_grad_(False)
             if hasattr(den, "backend"):
                 from .ops import prepare
@@ -354,11 +348,20 @@ class SignSALD(nn.Module):
                 prepare(den.backend, next(den.parameters()).device)  # no import inside the trace
             compiled = torch.compile(snapshot, dynamic=False)
             compiled.sald_steady_steps = True  # the sampler may skip re-checking guards within a run
-            how = "torch.compile"
-        self.__dict__["_compiled_denoiser"] = (key, compiled)  # not a submodule: never in the state_dict
-        logging.getLogger(__name__).info("compiled the denoiser for sampling (%s); the first run of each shape "
-                                         "compiles it", how)
-        return compiled
+            return compiled
+
+        return self._compiled_copy("_compiled_denoiser", _unwrap(self.denoiser), make)
+
+    def _compiled_copy(self, slot: str, module: nn.Module, make: Callable[[nn.Module], Any]) -> Any:
+        """``make(module)``, remembered in ``self.__dict__[slot]`` (not a submodule: never in the
+        state_dict) until :func:`_weights_key` of ``module`` changes."""
+        key = _weights_key(module)
+        cached = self.__dict__.get(slot)
+        if cached is None or cached[0] != key:
+            cached = self.__dict__[slot] = (key, make(module))
+            logging.getLogger(__name__).info("made %s (%s) for sampling; the first run of each shape compiles it",
+                                             slot.lstrip("_"), type(cached[1]).__name__)
+        return cached[1]
 
     def compiled_decoder(self) -> Callable[[torch.Tensor], torch.Tensor] | None:
         """:meth:`decode_latents` compiled on the CPU: an :class:`~sald_fast.aot.AOTDecoder` of a
@@ -368,13 +371,9 @@ class SignSALD(nn.Module):
         vae = _unwrap(self.vae)
         if next(vae.parameters()).device.type != "cpu":
             return None
-        key = _weights_key(vae)
-        cached = self.__dict__.get("_compiled_decoder")
-        if cached is None or cached[0] != key:
-            from .aot import AOTDecoder
+        from .aot import AOTDecoder
 
-            cached = self.__dict__["_compiled_decoder"] = (key, AOTDecoder(vae))  # not a submodule
-        return cached[1]
+        return self._compiled_copy("_compiled_decoder", vae, AOTDecoder)
 
     def predict_num_frames(self, texts: str | Sequence[str]) -> torch.Tensor:
         """(B,) int64 frames per prompt predicted by :attr:`duration` (at most what the denoiser

@@ -212,6 +212,8 @@ def test_aot_denoiser_runs_other_calls_eagerly_and_checks_input():
         want = den(z2, t2, lengths=l2, text_context=context, film=film, shared_halves=True)
     got = aot(z2, t2, lengths=l2, text_context=context, film=film, shared_halves=True)  # grad enabled: eager
     _close(got, want)
+    eps_c, eps_u = want.chunk(2)
+    _close(aot.guided_prediction(z, t, lengths, context, film, 1.5), eps_u + 1.5 * (eps_c - eps_u))  # eager too
     with torch.no_grad():
         _close(aot(z2, t2, lengths=l2, text_context=context), want)  # no FiLM row: eager
         with pytest.raises(ValueError, match="z_t must be"):
