@@ -267,7 +267,7 @@ class SignSALD(nn.Module):
         ``torch.compile``; of a frozen copy of the denoiser), the latent frames padded up to
         :func:`compile_bucket` so that one compiled library serves every length in a bucket, and
         the text padded to ``config.text.max_tokens``. The first call per (batch, bucket) on a
-        machine compiles (about a minute at the tiny preset and 2-3 minutes at the paper preset on a
+        machine compiles (the first call took 62 s at the tiny preset and 87 s at the paper preset on a
         2-core CPU; kept on disk for later processes and checkpoints), later ones run about 3x
         faster than eager for a 64-frame sentence on a CPU at the tiny preset, 2.5x at 112 frames
         (README, Benchmarks). Same seed -> the same
