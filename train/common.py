@@ -146,6 +146,7 @@ class JsonlLogger:
         if not self.enabled:
             return
         record.setdefault("time", round(time.time(), 3))
+        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
 
@@ -267,6 +268,12 @@ class Trainer:
             buckets a step's cost follows its batch's padded frames (batch size x longest clip), so
             the speed is measured per padded frame and turned into the mean step of an epoch;
             without, per step. The cut is saved with the checkpoints, so a resumed stage keeps it.
+        log_every: optimiser steps between reads of the step metrics to the host. A step reads
+            nothing back from the device: its scalar metrics stay there until every
+            ``log_every`` steps, the end of an epoch, a checkpoint and the end of the stage, when
+            they are read in one copy, checked (a non-finite loss raises ``FloatingPointError``
+            naming its step, before any checkpoint is written after it) and logged a record per
+            step, as before.
     """
 
     def __init__(self, *, stage: str, run_dir: Path, model: torch.nn.Module, loss_fn: Callable[[torch.nn.Module, Any], dict],
@@ -278,7 +285,7 @@ class Trainer:
                  logger: JsonlLogger | None = None, autocast: bool = False, compile: bool = False,
                  val_loss_fn: Callable[[torch.nn.Module, Any], dict] | None = None, lr_schedule: str = "constant",
                  warmup_steps: int = 0, ema_decay: float = 0.0, bucket_by_length: bool = False,
-                 time_budget_s: float | None = None):
+                 time_budget_s: float | None = None, log_every: int = 10):
         self.stage, self.run_dir, self.model = stage, Path(run_dir), model
         self.loss_fn, self.train_set, self.val_set, self.collate = loss_fn, train_set, val_set, collate
         self.val_loss_fn = val_loss_fn or loss_fn
@@ -304,6 +311,9 @@ class Trainer:
         if self.time_budget_s is not None and not self.time_budget_s > 0:
             raise ValueError(f"time_budget_s must be > 0, got {time_budget_s}")
         self.budget_steps: int | None = None  # the steps the budget allows, once measured
+        if int(log_every) < 1:
+            raise ValueError(f"log_every must be >= 1, got {log_every}")
+        self.log_every = int(log_every)
         self.best_val = float("inf")
         self.train_model: torch.nn.Module = model
         if compile:
@@ -459,6 +469,30 @@ class Trainer:
         self.model.train()
         return total / max(count, 1)
 
+    def _flush_metrics(self, pending: list[tuple[int, int, dict[str, torch.Tensor]]], bar) -> dict[str, float]:
+        """Read the metrics of the steps in ``pending`` to the host in one copy, raise on a
+        non-finite loss, log a record per step; empties ``pending`` and returns the last step's."""
+        if not pending:
+            return {}
+        flat = torch.stack([v.float() for _, _, m in pending for v in m.values()]).tolist()
+        last: dict[str, float] = {}
+        i = 0
+        for step, epoch, metrics in pending:
+            last = dict(zip(metrics, flat[i:i + len(metrics)]))
+            i += len(metrics)
+            if not math.isfinite(last["loss"]):
+                pending.clear()
+                raise FloatingPointError(f"{self.stage}: loss is {last['loss']} at step {step}")
+            self.logger.log(stage=self.stage, step=step + 1, epoch=epoch, **last)
+        pending.clear()
+        bar.set_postfix(loss=f"{last['loss']:.4g}")
+        return last
+
+    def _wait_for_device(self) -> None:
+        """Wait for the queued device work (the time budget's clock reads, twice a stage)."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
     def _autocast(self):
         if self.autocast and self.device.type == "cuda":
             return torch.autocast("cuda", dtype=torch.bfloat16)
@@ -472,6 +506,7 @@ class Trainer:
         last: dict[str, float] = {}
         measuring = self.time_budget_s is not None and self.budget_steps is None
         clock_start, work_done = None, 0.0
+        pending: list[tuple[int, int, dict[str, torch.Tensor]]] = []  # (step, epoch, metrics) not yet read
         while self.step < self.total_steps:
             epoch, offset = divmod(self.step, self.steps_per_epoch)
             if hasattr(self.train_set, "set_epoch"):
@@ -487,8 +522,9 @@ class Trainer:
                 with self._autocast():
                     out = self.loss_fn(self.train_model, batch)
                 loss = out["loss"]
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"{self.stage}: loss is {float(loss)} at step {self.step}")
+                # kept on the device; read, checked and logged by _flush_metrics
+                pending.append((self.step, epoch, {k: v.detach() for k, v in out.items()
+                                                   if isinstance(v, torch.Tensor) and v.numel() == 1}))
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 for group in self.optimizer.param_groups:  # a function of the step: resumes exactly
@@ -499,31 +535,34 @@ class Trainer:
                 self.step += 1
                 if self.ema is not None:
                     self._update_ema()
-                last = {k: float(v.detach()) for k, v in out.items() if isinstance(v, torch.Tensor) and v.numel() == 1}
-                self.logger.log(stage=self.stage, step=self.step, epoch=epoch, **last)
                 bar.update(1)
-                bar.set_postfix(loss=f"{last['loss']:.4g}")
                 if measuring:
                     if self.step == 2 or clock_start is None:
+                        self._wait_for_device()
                         clock_start, work_done = (self.step, _clock()), 0.0
                     else:
                         work_done += self._batch_work(batches[b])
                         if self.step >= BUDGET_CALIBRATION_STEPS:
                             measuring = False
+                            self._wait_for_device()
                             per_work = (_clock() - clock_start[1]) / max(work_done, 1e-9)
                             self._measure_budget(per_work * self._mean_batch_work())
                         bar.total = self.total_steps
                         bar.refresh()
                 end_of_epoch = b == self.steps_per_epoch - 1 or self.step == self.total_steps
+                checkpoint = end_of_epoch or self.step % self.ckpt_every == 0
+                if checkpoint or len(pending) >= self.log_every:
+                    last = self._flush_metrics(pending, bar) or last
                 if end_of_epoch:
                     val = self.validate()
                     self.logger.log(stage=self.stage, step=self.step, epoch=epoch, val_loss=val)
                     if val < self.best_val:
                         self.best_val = val
                         self.save("best", val_loss=val)
-                if end_of_epoch or self.step % self.ckpt_every == 0:
+                if checkpoint:
                     self.save("latest")
                     self.dist.barrier()
+        last = self._flush_metrics(pending, bar) or last
         bar.close()
         if not (self._ckpt_dir("best") / "config.json").exists():
             self.save("best")
@@ -536,6 +575,8 @@ def _finite_or_none(x: float | None) -> float | None:
 
 
 def _batch_size(batch) -> int:
+    if isinstance(batch, torch.Tensor):
+        return batch.shape[0]
     for v in batch.values():
         if isinstance(v, torch.Tensor):
             return v.shape[0]
