@@ -20,6 +20,7 @@ tensor -- runs the eager copy of the module.
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import json
 import logging
@@ -37,9 +38,8 @@ from .denoiser import TextContext
 __all__ = ["AOTDenoiser", "AOTDecoder", "cache_dir"]
 
 _log = logging.getLogger(__name__)
-# the code a compiled library depends on: a change to any of these files invalidates the cache
-_SOURCES = ("aot.py", "denoiser.py", "vae.py", "features.py", "skeleton.py", "ops/__init__.py", "ops/reference.py",
-            "ops/dispatch.py", "ops/checks.py")
+# environment variables that change what Inductor generates (read when a library is compiled)
+_ENV_PREFIXES = ("TORCHINDUCTOR_", "TORCHDYNAMO_", "TORCH_COMPILE_")
 
 
 def cache_dir() -> Path:
@@ -52,13 +52,20 @@ def cache_dir() -> Path:
     return Path(base) / "sald_fast" / "aoti"
 
 
+@functools.lru_cache(maxsize=1)
 def _source_digest() -> str:
+    """A hash of every Python file of the package: the code a compiled library depends on (any
+    change invalidates the cache; a list of the traced modules would miss one someday)."""
     here = Path(__file__).parent
     h = hashlib.sha256()
-    for name in _SOURCES:
-        h.update(name.encode())
-        h.update((here / name).read_bytes())
+    for path in sorted(here.rglob("*.py")):
+        h.update(path.relative_to(here).as_posix().encode())
+        h.update(path.read_bytes())
     return h.hexdigest()
+
+
+def _compile_env() -> dict[str, str]:
+    return {k: v for k, v in sorted(os.environ.items()) if k.startswith(_ENV_PREFIXES)}
 
 
 def _guided_step(denoise, z_t: torch.Tensor, t: torch.Tensor, lengths: torch.Tensor | None, guidance) -> torch.Tensor:
@@ -236,6 +243,7 @@ def _library(kind: str, module: nn.Module, names: list[str], weights: list[torch
         "machine": platform.machine(),
         "isa": str(torch._inductor.cpu_vec_isa.pick_vec_isa()),
         "code": _source_digest(),
+        "env": _compile_env(),
     }
     key = hashlib.sha256(json.dumps(described, sort_keys=True, default=str).encode()).hexdigest()[:32]
     path = folder / f"{kind}-{key}.pt2"

@@ -321,3 +321,26 @@ def test_auto_choice_is_remembered_and_forgotten_on_register(monkeypatch):
     finally:
         dispatch._IMPLS["temporal_attention"].pop("cuda", None)
         dispatch.clear_auto_choices()
+
+
+def test_aot_cache_key_covers_every_source_file_and_the_inductor_environment(monkeypatch):
+    """A library is keyed by every Python file of the package (not a hand-kept list of the traced
+    modules) and by the environment variables that change what Inductor generates."""
+    from pathlib import Path
+
+    import sald_fast
+    from sald_fast import aot
+
+    package = Path(sald_fast.__file__).parent
+    hashed = []
+    monkeypatch.setattr(Path, "read_bytes", lambda self: hashed.append(self) or b"")
+    aot._source_digest.cache_clear()
+    try:
+        aot._source_digest()
+    finally:
+        aot._source_digest.cache_clear()
+    assert set(hashed) == set(package.rglob("*.py")) and package / "pipeline.py" in hashed
+    monkeypatch.setenv("TORCHINDUCTOR_MAX_AUTOTUNE", "0")
+    monkeypatch.setenv("UNRELATED_VARIABLE", "1")
+    env = aot._compile_env()
+    assert env.get("TORCHINDUCTOR_MAX_AUTOTUNE") == "0" and "UNRELATED_VARIABLE" not in env
