@@ -93,8 +93,8 @@ class _FlatForward(nn.Module):
         self.names, self.num_keys, self.num_values = names, num_keys, num_values
         self.has_mask, self.has_lengths, self.shared_halves, self.guided = has_mask, has_lengths, shared_halves, guided
 
-    def forward(self, z_t: torch.Tensor, t: torch.Tensor, film: torch.Tensor, *rest: torch.Tensor) -> torch.Tensor:
-        rest = list(rest)
+    def forward(self, *flat: torch.Tensor) -> torch.Tensor:
+        z_t, t, film, *rest = flat
         guidance = rest.pop(0) if self.guided else None
         lengths = rest.pop(0) if self.has_lengths else None
         mask = rest.pop(0) if self.has_mask else None
@@ -122,14 +122,18 @@ class AOTDenoiser:
     a new one, as :meth:`SignSALD.compiled_denoiser` does). The copy runs backend "reference",
     whose ops Inductor fuses. The first call of each input signature (shapes, dtypes, which
     optional inputs are given) loads its library from :func:`cache_dir`, or compiles it there
-    first (tens of seconds on a 2-core CPU; logged). ``autotune``: Inductor's ``max_autotune``
+    first (about a minute on a 2-core CPU; logged). ``dynamic_frames`` (default): the number of
+    latent frames N' is a dynamic dimension of the library, so one serves every N' from 2 to
+    ``config.max_latent_frames`` (N' = 1 gets its own); False: one library per N'. ``autotune``: Inductor's ``max_autotune``
     (benchmarks its C++ GEMM templates for the attention matmuls: slower to compile, faster to
     run). Attributes not defined here (``encode_text``, ``film_parameters``, ``config`` ...) are
     the copy's.
     """
 
-    def __init__(self, denoiser: nn.Module, autotune: bool = True, cache: str | os.PathLike | None = None) -> None:
+    def __init__(self, denoiser: nn.Module, autotune: bool = True, cache: str | os.PathLike | None = None,
+                 dynamic_frames: bool = True) -> None:
         module = copy.deepcopy(denoiser).eval().requires_grad_(False)
+        self.dynamic_frames = bool(dynamic_frames)
         if hasattr(module, "backend"):
             module.backend = "reference"
         self.module = module
@@ -171,21 +175,50 @@ class AOTDenoiser:
         z_t (B, N', J', d_z); t, lengths (B,); ``text_context`` of batch 2B from ``encode_text``:
         the B conditional rows, then B rows with ``drop_text`` True (the null token alone: their
         cross-attention is computed once per layer, ``Denoiser.forward``'s ``null_text_half``), or
-        of batch 1; ``film`` (1, F, 2, D) from ``film_parameters``. The planned sampler uses it
-        when the denoiser offers it.
+        of batch 1; ``film`` (1, F, 2, D) from ``film_parameters``. One call of
+        :meth:`guided_steps`.
+        """
+        return self.guided_steps(z_t, t, lengths, text_context, film, guidance)(z_t, t, 0)
+
+    def guided_steps(self, z_t: torch.Tensor, t: torch.Tensor, lengths: torch.Tensor | None,
+                     text_context: TextContext, film: torch.Tensor, guidance: float):
+        """The guided prediction of every step of one sampling run: checks the run's inputs once
+        and returns ``step(z_t, t, i)`` -> :meth:`guided_prediction` with FiLM row ``film[i]``.
+
+        ``z_t`` (B, N', J', d_z), ``t`` (B,): the first step's (every step's have their shapes and
+        dtypes); ``film`` (S, F, 2, D): the FiLM table of the run's S steps (``film_parameters``); the
+        rest as for :meth:`guided_prediction`. A step is the library call alone (the text keys,
+        values, mask, lengths and weights are flattened once per run); the planned sampler uses
+        it when the denoiser offers it.
         """
         if not self._compiles(z_t, t, None, None, None, text_context, film):
-            return _guided_step(lambda z, t, lengths: self.module(z, t, lengths=lengths, text_context=text_context,
-                                                                  film=film, shared_halves=True),
-                                z_t, t, lengths, guidance)
-        B = z_t.shape[0]
-        self.module._check_inputs(z_t, t, None, None, lengths, None, None)  # z_t, t, lengths of the B samples
+            def eager_step(z, t, i):
+                return _guided_step(lambda z, t, lengths: self.module(
+                    z, t, lengths=lengths, text_context=text_context, film=film[i:i + 1], shared_halves=True),
+                    z, t, lengths, guidance)
+            return eager_step
+        B, shape = z_t.shape[0], tuple(z_t.shape)
+        self.module._check_inputs(z_t, t, None, None, lengths, None, None)
         if not isinstance(text_context, TextContext) or text_context.batch_size not in (1, 2 * B):
             raise ValueError(f"text_context must be a TextContext of batch 1 or 2B = {2 * B} (conditional rows, then "
                              f"unconditional), got {getattr(text_context, 'batch_size', type(text_context).__name__)}")
-        self.module._check_film(film, True, 2 * B, z_t.device)
+        if film.dim() != 4:
+            raise ValueError(f"film must be a (S, F, 2, D) table of FiLM rows from film_parameters, got shape "
+                             f"{tuple(film.shape)}")
+        self.module._check_film(film[:1], True, 2 * B, z_t.device)
         scale = torch.tensor(float(guidance), dtype=torch.float32)
-        return self._run([z_t, t, film, scale], lengths, text_context, True, True)
+        head, tail = self._flatten([z_t, t, film[:1], scale], lengths, text_context)
+        runner = self._runner(head + tail, (True, True), text_context, lengths)
+        tail = tail + self._weights
+        film, t0 = film.contiguous(), t
+
+        def step(z: torch.Tensor, t: torch.Tensor, i: int) -> torch.Tensor:
+            if tuple(z.shape) != shape or z.dtype != z_t.dtype or t.shape != t0.shape or t.dtype != t0.dtype:
+                raise ValueError(f"every step of a run takes z_t {shape} {z_t.dtype} and t {tuple(t0.shape)} "
+                                 f"{t0.dtype}, as its first, got {tuple(z.shape)} {z.dtype} and {tuple(t.shape)} {t.dtype}")
+            return runner([z.contiguous(), t.contiguous(), film[i:i + 1], scale] + tail)
+
+        return step
 
     @staticmethod
     def _compiles(z_t, t, text, text_mask, drop_text, text_context, film) -> bool:
@@ -195,26 +228,39 @@ class AOTDenoiser:
 
     def _run(self, inputs: list[torch.Tensor], lengths, context: TextContext, shared_halves: bool,
              guided: bool) -> torch.Tensor:
-        if lengths is not None:
-            inputs.append(lengths)
-        if context.mask is not None:
-            inputs.append(context.mask)
-        inputs += list(context.keys) + list(context.values)
-        inputs = [x.contiguous() for x in inputs]  # the library assumes the strides it was built for
-        flags = (len(context.keys), len(context.values), context.mask is not None, lengths is not None,
-                 shared_halves, guided)
-        signature = flags + tuple((tuple(x.shape), x.dtype) for x in inputs)
+        head, tail = self._flatten(inputs, lengths, context)
+        flat = head + tail
+        return self._runner(flat, (shared_halves, guided), context, lengths)(flat + self._weights)
+
+    @staticmethod
+    def _flatten(inputs: list[torch.Tensor], lengths, context: TextContext) -> tuple[list, list]:
+        """The library's inputs before the weights: ``inputs`` (contiguous), then what a run keeps:
+        lengths, text mask, keys, values (contiguous: a library assumes the strides it was built for)."""
+        tail = ([] if lengths is None else [lengths]) + ([] if context.mask is None else [context.mask])
+        tail += list(context.keys) + list(context.values)
+        return [x.contiguous() for x in inputs], [x.contiguous() for x in tail]
+
+    def _runner(self, flat: list[torch.Tensor], modes: tuple[bool, bool], context: TextContext, lengths):
+        """The loaded library for the inputs ``flat`` (weights excluded), loaded or compiled on first use."""
+        flags = (len(context.keys), len(context.values), context.mask is not None, lengths is not None, *modes)
+        shapes = [tuple(x.shape) for x in flat]
+        if self.dynamic_frames and shapes[0][1] >= 2:  # one library for every N' >= 2 (N' = 1: its own)
+            shapes[0] = (shapes[0][0], None, *shapes[0][2:])
+        signature = flags + tuple((shape, x.dtype) for shape, x in zip(shapes, flat))
         runner = self._runners.get(signature)
         if runner is None:
-            runner = self._runners[signature] = self._load(signature, inputs, flags)
-        return runner(inputs + self._weights)
+            runner = self._runners[signature] = self._load(signature, flat, flags)
+        return runner
 
     # ------------------------------------------------------------------ compile / load
 
     def _load(self, signature: tuple, inputs: list[torch.Tensor], flags: tuple):
         flat = _FlatForward(self.module, self._names, *flags)
+        dynamic = None
+        if signature[len(flags)][0][1] is None:  # N' dynamic
+            dynamic = {0: {1: torch.export.Dim("latent_frames", min=2, max=self.module.config.max_latent_frames)}}
         return _library("denoiser", self.module, self._names, self._weights, signature, flat, inputs, self.autotune,
-                        self.cache)
+                        self.cache, dynamic_shapes=dynamic)
 
 
 def _state(module: nn.Module) -> tuple[list[str], list[torch.Tensor]]:
@@ -252,7 +298,10 @@ def _library(kind: str, module: nn.Module, names: list[str], weights: list[torch
         start = time.perf_counter()
         _log.info("compiling the %s for input shapes %s with AOTInductor (once per shape and machine; kept in %s)",
                   kind, [tuple(x.shape) for x in inputs], folder)
-        shapes = None if dynamic_shapes is None else (*dynamic_shapes, (None,) * len(weights))
+        # forward(*flat): one spec per input (``dynamic_shapes`` maps an input's index to its
+        # dynamic dims), the weights static
+        shapes = None if dynamic_shapes is None else \
+            (tuple(dynamic_shapes.get(i) for i in range(len(inputs))) + (None,) * len(weights),)
         with torch.no_grad():
             program = torch.export.export(flat, tuple(inputs + weights), dynamic_shapes=shapes, strict=False)
             tmp = path.with_name(f"{path.stem}.tmp{os.getpid()}.pt2")
@@ -292,7 +341,8 @@ class _FlatDecode(nn.Module):
         object.__setattr__(self, "decode", decode)
         self.names = names
 
-    def forward(self, z: torch.Tensor, *weights: torch.Tensor) -> torch.Tensor:
+    def forward(self, *flat: torch.Tensor) -> torch.Tensor:
+        z, *weights = flat
         return torch.func.functional_call(self.decode, dict(zip(self.names, weights)), (z,))
 
 
@@ -334,5 +384,5 @@ class AOTDecoder:
             frames = torch.export.Dim("latent_frames", min=3)
             runner = self._runners[signature] = _library("decoder", self.module.vae, self._names, self._weights,
                                                          signature, flat, [z.contiguous()], self.autotune, self.cache,
-                                                         dynamic_shapes=({1: frames},))
+                                                         dynamic_shapes={0: {1: frames}})
         return runner([z.contiguous()] + self._weights)

@@ -545,9 +545,12 @@ def _run_plan(denoiser, plan: SamplingPlan, noise: torch.Tensor, text, text_mask
     film = None
     if context is not None and callable(getattr(denoiser, "film_parameters", None)):
         film = denoiser.film_parameters(t_table[:, 0])  # (S, F, 2, D)
-    # a denoiser with guided_prediction (AOTDenoiser) builds the CFG halves from z and combines
-    # them itself
-    halves_inside = cfg_batch and film is not None and callable(getattr(denoiser, "guided_prediction", None))
+    # a denoiser with guided_steps (AOTDenoiser) builds the CFG halves from z and combines them
+    # itself, its inputs other than z and t checked and flattened once per run
+    guided_steps = None
+    if cfg_batch and film is not None and callable(getattr(denoiser, "guided_steps", None)):
+        guided_steps = denoiser.guided_steps(noise * plan.init_sigma * plan.scales[0], t_table[0, :B], lengths,
+                                             context, film, guidance)
     z = noise * plan.init_sigma
     zs: list[torch.Tensor] = [z]
     outs: list[torch.Tensor] = []
@@ -562,9 +565,8 @@ def _run_plan(denoiser, plan: SamplingPlan, noise: torch.Tensor, text, text_mask
                 stack.enter_context(torch.compiler.set_stance("default", skip_guard_eval_unsafe=True))
             scale = plan.scales[i]
             z_in = z if scale == 1.0 else z * scale
-            if halves_inside:  # the whole guided step in one call: halves built and combined inside
-                outs.append(denoiser.guided_prediction(z_in, t_table[i, :B], lengths, context, film[i:i + 1],
-                                                       guidance))
+            if guided_steps is not None:  # the whole guided step in one call: halves built and combined inside
+                outs.append(guided_steps(z_in, t_table[i, :B], i))
             else:
                 if cfg_batch:
                     z_in = torch.cat([z_in, z_in])

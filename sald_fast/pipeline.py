@@ -263,15 +263,14 @@ class SignSALD(nn.Module):
         cuda_graph: capture the whole sampling run as one CUDA graph (once per batch, frames,
         steps, scheduler and guidance) and replay it (:meth:`GaussianDiffusion.sample`); needs the
         model on a CUDA device and a planned scheduler (ddim, dpm++, ...), else ``ValueError``.
-        compile: sample with :meth:`compiled_denoiser` (on the CPU: AOTInductor; elsewhere:
-        ``torch.compile``; of a frozen copy of the denoiser), the latent frames padded up to
-        :func:`compile_bucket` so that one compiled library serves every length in a bucket, and
-        the text padded to ``config.text.max_tokens``. The first call per (batch, bucket) on a
-        machine compiles (the first call took 62 s at the tiny preset and 87 s at the paper preset on a
-        2-core CPU; kept on disk for later processes and checkpoints), later ones run about 3x
-        faster than eager for a 64-frame sentence on a CPU at the tiny preset, 2.5x at 112 frames
-        (README, Benchmarks). Same seed -> the same
-        output as without it, to float rounding.
+        compile: sample with :meth:`compiled_denoiser` (on the CPU: AOTInductor libraries with
+        the number of frames dynamic, one per batch size; elsewhere: ``torch.compile`` of a frozen
+        copy, the latent frames padded up to :func:`compile_bucket` so that one graph serves every
+        length in a bucket), the text padded to ``config.text.max_tokens``. The first call per
+        batch size on a machine compiles (about a minute on a 2-core CPU; kept on disk for later
+        processes and checkpoints), later ones run 2.5-3x faster than eager on a CPU at the tiny
+        preset (README, Benchmarks). Same seed -> the same output as without it, to float
+        rounding.
         """
         texts = validate_texts(texts)
         B = len(texts)
@@ -311,7 +310,8 @@ class SignSALD(nn.Module):
             denoiser, pad_to = self.denoiser, None
             if compile:
                 denoiser = self.compiled_denoiser()
-                pad_to = min(compile_bucket(n_latent), max_latent)
+                if not getattr(denoiser, "dynamic_frames", False):  # static shapes: a library per bucket
+                    pad_to = min(compile_bucket(n_latent), max_latent)
                 text, mask = _pad_tokens(text, mask, max(self.config.text.max_tokens, text.shape[1]))
             z0 = self.diffusion.sample(denoiser, shape, text, mask, latent_lengths, steps=steps,
                                        guidance=guidance, scheduler=scheduler, generator=generator,

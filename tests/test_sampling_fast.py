@@ -176,15 +176,16 @@ def test_compiled_denoiser_is_remade_when_the_weights_change():
 
 @pytest.mark.slow
 def test_generate_compiled_equals_eager():
-    """generate(compile=True) (AOTInductor on the CPU, padded frames and tokens, the guided step in
-    the library) gives the eager output of the same seed, for two lengths in one bucket (one
-    compiled library)."""
+    """generate(compile=True) (AOTInductor on the CPU, padded tokens, the guided step in the
+    library) gives the eager output of the same seed, for two lengths (one compiled library:
+    the number of latent frames is dynamic)."""
     model = _small_model()
-    for frames in (20, 28):  # latent 5 and 7 -> bucket 8
+    for frames in (20, 28):  # latent 5 and 7
         eager = model.generate("where is the library", num_frames=frames, steps=4, seed=5)
         fast = model.generate("where is the library", num_frames=frames, steps=4, seed=5, compile=True)
         _close(fast.features, eager.features, rel=1e-4)
         _close(fast.positions, eager.positions, rel=1e-4)
+    assert len(model.compiled_denoiser().compiled_signatures) == 1
 
 
 # ----------------------------------------------------------------------------- AOTDenoiser
@@ -245,14 +246,16 @@ def test_aot_denoiser_failed_compile_leaves_no_file(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_aot_denoiser_equals_eager_and_is_reused_for_new_weights(tmp_path, monkeypatch):
     """The compiled guided step equals the eager one (fp32, 1e-5 of the scale) with lengths and a
-    text mask; a second model of the same config with other weights loads the same library from
-    the cache (no compile) and gives its own eager result."""
+    text mask, for two guidance values and three numbers of latent frames from one library (N' is
+    dynamic), and step by step through guided_steps with a FiLM table; a second model of the same
+    config with other weights loads the same library from the cache (no compile) and gives its own
+    eager result."""
     from sald_fast import aot
 
     den = _denoiser()
     z, t, lengths, context, film = _sampler_inputs(den)
 
-    def eager(model, context, film, guidance):
+    def eager(model, context, film, guidance, z=z, t=t, lengths=lengths):
         with torch.no_grad():
             eps = model(torch.cat([z, z]), torch.cat([t, t]), lengths=torch.cat([lengths, lengths]),
                         text_context=context, film=film, shared_halves=True).float()
@@ -260,9 +263,20 @@ def test_aot_denoiser_equals_eager_and_is_reused_for_new_weights(tmp_path, monke
         return eps_u + guidance * (eps_c - eps_u)
 
     first = aot.AOTDenoiser(den, autotune=False, cache=tmp_path)
+    g = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for guidance in (1.5, 3.0):  # a tensor input: one library
             _close(first.guided_prediction(z, t, lengths, context, film, guidance), eager(den, context, film, guidance))
+        for n in (3, 11):  # other lengths: the same library
+            zn, ln = torch.randn(2, n, *z.shape[2:], generator=g), lengths.clamp(max=n)
+            _close(first.guided_prediction(zn, t, ln, context, film, 2.0), eager(den, context, film, 2.0, zn, t, ln))
+        table = den.film_parameters(torch.tensor([900, 500, 100]))  # a run of 3 steps
+        step = first.guided_steps(z, t, lengths, context, table, 2.5)
+        for i, ti in enumerate((900, 500, 100)):
+            zi, tt = torch.randn(z.shape, generator=g), torch.full_like(t, ti)
+            _close(step(zi, tt, i), eager(den, context, table[i:i + 1], 2.5, zi, tt))
+        with pytest.raises(ValueError, match="every step of a run takes z_t"):
+            step(z[:, :3], t, 0)
     assert len(first.compiled_signatures) == 1 and len(list(tmp_path.glob("*.pt2"))) == 1
 
     other = _denoiser()
