@@ -63,8 +63,8 @@ BENCH_SELECTION = "sampling and paper-1 or denoiser_forward or triton"
 
 # module imported by the check -> the requirement that provides it
 REQUIRED_MODULES = {
-    "torch": "torch>=2.6",
-    "triton": "triton>=3.2",
+    "torch": "torch>=2.11",
+    "triton": "triton>=3.6",
     "numpy": "numpy>=1.24",
     "transformers": "transformers>=4.40",
     "safetensors": "safetensors>=0.4",

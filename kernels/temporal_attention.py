@@ -232,6 +232,9 @@ def attention_config(N: int, head_dim: int, dtype: torch.dtype) -> dict:
         "BLOCK_N": block,
         "BLOCK_D": max(16, triton.next_power_of_2(head_dim)),
         "num_warps": 4,
+        # the fp32 dK/dV kernel (ieee dots) spilled 8 bytes with 4 warps under Triton 3.6 at
+        # N' = 128 (sm_80, sm_90; tests/test_triton_aot.py): 8 warps halve its registers per thread
+        "num_warps_dkdv": 8 if dtype == torch.float32 else 4,
         "PRECISION": "ieee" if dtype == torch.float32 else "tf32",
     }
 
@@ -312,7 +315,7 @@ def temporal_attention_backward(
     strides = (*q.stride(), *k.stride(), *v.stride(), *do.stride())
     wrap(kernel)[(B * J * H, triton.cdiv(N, cfg["BLOCK_N"]))](
         q, k, v, o, do, lse, len_arg, dq, dk, dv, N, J, H, d, *strides, scale, scale * LOG2E,
-        WRITE_DQ=single_block, **common,
+        WRITE_DQ=single_block, **{**common, "num_warps": cfg["num_warps_dkdv"]},
     )
     if not single_block:
         wrap(temporal_attn_bwd_dq_kernel)[(B * J * H, triton.cdiv(N, cfg["BLOCK_M"]))](

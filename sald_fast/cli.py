@@ -95,9 +95,8 @@ def _generate(args: argparse.Namespace) -> int:
         from .smplx_mesh import load_smplx_model
 
         mesh_model = load_smplx_model(args.smplx_model)  # fail on a bad model file before generating
-    model_dir = resolve_model_dir(args.checkpoint)  # a missing checkpoint fails before any backend loads
     device = _start(args)
-    model = SignSALD.load(model_dir, device=device, backend=args.backend)
+    model = SignSALD.load(resolve_model_dir(args.checkpoint), device=device, backend=args.backend)
     if args.frames is None and model.duration is None:
         print(f"note: this checkpoint has no duration model (trained before it): generating "
               f"{model.config.train.num_frames} frames (config.train.num_frames); --frames N sets it", file=sys.stderr)

@@ -18,14 +18,16 @@ def _floor(name: str) -> tuple[int, ...]:
 
 
 def test_torch_floor_covers_the_torch_library_apis_we_call():
-    # torch.library.triton_op / wrap_triton (sald_fast/ops/triton_backend.py) are new in torch 2.6
-    assert _floor("torch") >= (2, 6)
+    # torch.library.triton_op / wrap_triton (sald_fast/ops/triton_backend.py) are new in torch 2.6;
+    # the floor is the oldest torch the whole suite was run on: 2.11 with triton 3.6 (the GPU
+    # machine's). With torch 2.6 + triton 3.2, Dynamo broke the graph at the ops' NVTX ranges.
+    assert _floor("torch") >= (2, 11)
     assert hasattr(torch.library, "wrap_triton") and hasattr(torch.library, "triton_op")
     assert hasattr(torch.library, "custom_op") and hasattr(torch.library, "register_fake")
 
 
 def test_triton_floor_and_explicit_transpose_dims():
-    assert _floor("triton") >= (3, 2)
+    assert _floor("triton") >= (3, 6)
     # every tl.trans names its permutation (3-D tiles need it on some Triton versions)
     for path in (REPO / "kernels").glob("*.py"):
         for line in path.read_text().splitlines():

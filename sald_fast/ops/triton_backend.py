@@ -33,7 +33,7 @@ except ImportError as exc:  # pragma: no cover - older torch
                       f"torch {torch.__version__}") from exc
 
 from kernels import film_layernorm as _film
-from kernels import SUPPORTED_DTYPES, is_interpreted
+from kernels import SUPPORTED_DTYPES, identity_wrap, is_interpreted
 from kernels import skeletal_attention as _skel
 from kernels import temporal_attention as _temp
 
@@ -43,6 +43,10 @@ __all__ = ["NAMESPACE", "INTERPRETED", "film_residual_layernorm", "temporal_atte
 
 NAMESPACE = "sald_fast_triton"
 INTERPRETED = is_interpreted(_film.film_ln_fwd_kernel)
+# how the launchers call a kernel: through wrap_triton (traceable by torch.compile) when compiled;
+# directly under the interpreter, where the ops are plain custom ops (torch 2.6's wrap_triton
+# refuses an interpreted kernel)
+_WRAP = identity_wrap if INTERPRETED else wrap_triton
 Tensor = torch.Tensor
 
 
@@ -61,7 +65,7 @@ def _define(name: str, impl, fake):
 
 def _film_fwd_impl(z: Tensor, h: Tensor, gamma: Tensor, beta: Tensor, weight: Optional[Tensor],
                    bias: Optional[Tensor], eps: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    return _film.film_layernorm_forward(z, h, gamma, beta, weight, bias, eps, wrap=wrap_triton)
+    return _film.film_layernorm_forward(z, h, gamma, beta, weight, bias, eps, wrap=_WRAP)
 
 
 def _film_fwd_fake(z, h, gamma, beta, weight, bias, eps):
@@ -74,7 +78,7 @@ def _film_bwd_impl(dz_new: Optional[Tensor], dy: Optional[Tensor], h: Tensor, z_
                    weight: Optional[Tensor], mean: Tensor, rstd: Tensor,
                    has_bias: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     return _film.film_layernorm_backward(dz_new, dy, h, z_new, gamma, weight, mean, rstd, has_bias,
-                                         wrap=wrap_triton)
+                                         wrap=_WRAP)
 
 
 def _film_bwd_fake(dz_new, dy, h, z_new, gamma, weight, mean, rstd, has_bias):
@@ -135,12 +139,12 @@ def _attn_bwd_fake(do, q, *rest):
 
 def _temporal_fwd_impl(q: Tensor, k: Tensor, v: Tensor, lengths: Optional[Tensor],
                        scale: float) -> tuple[Tensor, Tensor]:
-    return _temp.temporal_attention_forward(q, k, v, lengths, scale, wrap=wrap_triton)
+    return _temp.temporal_attention_forward(q, k, v, lengths, scale, wrap=_WRAP)
 
 
 def _temporal_bwd_impl(do: Tensor, q: Tensor, k: Tensor, v: Tensor, o: Tensor, lse: Tensor,
                        lengths: Optional[Tensor], scale: float) -> tuple[Tensor, Tensor, Tensor]:
-    return _temp.temporal_attention_backward(do, q, k, v, o, lse, lengths, scale, wrap=wrap_triton)
+    return _temp.temporal_attention_backward(do, q, k, v, o, lse, lengths, scale, wrap=_WRAP)
 
 
 temporal_attn_fwd = _define("temporal_attn_fwd", _temporal_fwd_impl, _attn_fwd_fake)
@@ -173,12 +177,12 @@ def temporal_attention(q, k, v, lengths=None, scale=None):
 # ----------------------------------------------------------------------------- skeletal attention
 
 def _skeletal_fwd_impl(q: Tensor, k: Tensor, v: Tensor, scale: float) -> tuple[Tensor, Tensor]:
-    return _skel.skeletal_attention_forward(q, k, v, scale, wrap=wrap_triton)
+    return _skel.skeletal_attention_forward(q, k, v, scale, wrap=_WRAP)
 
 
 def _skeletal_bwd_impl(do: Tensor, q: Tensor, k: Tensor, v: Tensor, o: Tensor, lse: Tensor,
                        scale: float) -> tuple[Tensor, Tensor, Tensor]:
-    return _skel.skeletal_attention_backward(do, q, k, v, o, lse, scale, wrap=wrap_triton)
+    return _skel.skeletal_attention_backward(do, q, k, v, o, lse, scale, wrap=_WRAP)
 
 
 skeletal_attn_fwd = _define("skeletal_attn_fwd", _skeletal_fwd_impl, _skel_fwd_fake)
