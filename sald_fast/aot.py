@@ -122,16 +122,19 @@ class AOTDenoiser:
     a new one, as :meth:`SignSALD.compiled_denoiser` does). The copy runs backend "reference",
     whose ops Inductor fuses. The first call of each input signature (shapes, dtypes, which
     optional inputs are given) loads its library from :func:`cache_dir`, or compiles it there
-    first (about a minute on a 2-core CPU; logged). ``dynamic_frames`` (default): the number of
-    latent frames N' is a dynamic dimension of the library, so one serves every N' from 2 to
-    ``config.max_latent_frames`` (N' = 1 gets its own); False: one library per N'. ``autotune``: Inductor's ``max_autotune``
+    first (about a minute on a 2-core CPU; logged): one library per N' (the number of latent
+    frames; ``SignSALD.generate`` pads N' to :func:`~sald_fast.pipeline.compile_bucket`).
+    ``dynamic_frames=True``: N' is a dynamic dimension of the library, so one serves every N'
+    from 2 to ``config.max_latent_frames`` (N' = 1 gets its own), no padding needed; measured
+    8.5% slower than the static library at the paper preset's 64 latent frames (docs/DESIGN.md),
+    so not the default. ``autotune``: Inductor's ``max_autotune``
     (benchmarks its C++ GEMM templates for the attention matmuls: slower to compile, faster to
     run). Attributes not defined here (``encode_text``, ``film_parameters``, ``config`` ...) are
     the copy's.
     """
 
     def __init__(self, denoiser: nn.Module, autotune: bool = True, cache: str | os.PathLike | None = None,
-                 dynamic_frames: bool = True) -> None:
+                 dynamic_frames: bool = False) -> None:
         module = copy.deepcopy(denoiser).eval().requires_grad_(False)
         self.dynamic_frames = bool(dynamic_frames)
         if hasattr(module, "backend"):

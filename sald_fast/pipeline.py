@@ -263,14 +263,13 @@ class SignSALD(nn.Module):
         cuda_graph: capture the whole sampling run as one CUDA graph (once per batch, frames,
         steps, scheduler and guidance) and replay it (:meth:`GaussianDiffusion.sample`); needs the
         model on a CUDA device and a planned scheduler (ddim, dpm++, ...), else ``ValueError``.
-        compile: sample with :meth:`compiled_denoiser` (on the CPU: AOTInductor libraries with
-        the number of frames dynamic, one per batch size; elsewhere: ``torch.compile`` of a frozen
-        copy, the latent frames padded up to :func:`compile_bucket` so that one graph serves every
-        length in a bucket), the text padded to ``config.text.max_tokens``. The first call per
-        batch size on a machine compiles (about a minute on a 2-core CPU; kept on disk for later
-        processes and checkpoints), later ones run 2.5-3x faster than eager on a CPU at the tiny
-        preset (README, Benchmarks). Same seed -> the same output as without it, to float
-        rounding.
+        compile: sample with :meth:`compiled_denoiser` (on the CPU: AOTInductor; elsewhere:
+        ``torch.compile``; of a frozen copy of the denoiser), the latent frames padded up to
+        :func:`compile_bucket` so that one compiled library serves every length in a bucket, and
+        the text padded to ``config.text.max_tokens``. The first call per (batch, bucket) on a
+        machine compiles (one to two minutes on a 2-core CPU; kept on disk for later processes
+        and checkpoints), later ones run 2.5-3x faster than eager on a CPU at the tiny preset
+        (README, Benchmarks). Same seed -> the same output as without it, to float rounding.
         """
         texts = validate_texts(texts)
         B = len(texts)

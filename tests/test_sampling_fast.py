@@ -176,11 +176,11 @@ def test_compiled_denoiser_is_remade_when_the_weights_change():
 
 @pytest.mark.slow
 def test_generate_compiled_equals_eager():
-    """generate(compile=True) (AOTInductor on the CPU, padded tokens, the guided step in the
-    library) gives the eager output of the same seed, for two lengths (one compiled library:
-    the number of latent frames is dynamic)."""
+    """generate(compile=True) (AOTInductor on the CPU, padded frames and tokens, the guided step in
+    the library) gives the eager output of the same seed, for two lengths in one bucket (one
+    compiled library)."""
     model = _small_model()
-    for frames in (20, 28):  # latent 5 and 7
+    for frames in (20, 28):  # latent 5 and 7 -> bucket 8
         eager = model.generate("where is the library", num_frames=frames, steps=4, seed=5)
         fast = model.generate("where is the library", num_frames=frames, steps=4, seed=5, compile=True)
         _close(fast.features, eager.features, rel=1e-4)
@@ -262,7 +262,7 @@ def test_aot_denoiser_equals_eager_and_is_reused_for_new_weights(tmp_path, monke
         eps_c, eps_u = eps.chunk(2)
         return eps_u + guidance * (eps_c - eps_u)
 
-    first = aot.AOTDenoiser(den, autotune=False, cache=tmp_path)
+    first = aot.AOTDenoiser(den, autotune=False, cache=tmp_path, dynamic_frames=True)
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for guidance in (1.5, 3.0):  # a tensor input: one library
@@ -285,7 +285,7 @@ def test_aot_denoiser_equals_eager_and_is_reused_for_new_weights(tmp_path, monke
             p.add_(0.1 * torch.randn_like(p))
     monkeypatch.setattr(torch._inductor, "aoti_compile_and_package",
                         lambda *a, **k: pytest.fail("compiled again for new weights"))
-    second = aot.AOTDenoiser(other, autotune=False, cache=tmp_path)
+    second = aot.AOTDenoiser(other, autotune=False, cache=tmp_path, dynamic_frames=True)
     _, _, _, context2, film2 = _sampler_inputs(other)
     with torch.no_grad():
         got = second.guided_prediction(z, t, lengths, context2, film2, 1.5)
