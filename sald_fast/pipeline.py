@@ -103,12 +103,15 @@ def _unwrap(module: nn.Module) -> nn.Module:
             return module
 
 
-_BUCKETS = (8, 16, 24, 32, 48, 64, 96, 128, 192, 256)
+_BUCKETS = (8, 12, 16, 20, 24, 28, 32, 48, 64, 96, 128, 192, 256)
 
 
 def compile_bucket(num_latent_frames: int) -> int:
-    """The latent length a compiled denoiser samples ``num_latent_frames`` at: the next of 8, 16,
-    24, 32, 48, 64, 96, 128, ... (then multiples of 128), so lengths share few compiled shapes."""
+    """The latent length a compiled denoiser samples ``num_latent_frames`` at: the next of 8, 12,
+    16, 20, 24, 28, 32, 48, 64, 96, 128, 192, 256 (then multiples of 128), so lengths share few
+    compiled shapes. Steps of 4 up to 32: a short clip's step is cheap enough that padding shows
+    (the tiny preset's 112-frame clip, 28 latent frames, took 116 instead of 130 ms for 50 guided
+    steps unpadded, docs/DESIGN.md)."""
     n = int(num_latent_frames)
     if n < 1:
         raise ValueError(f"num_latent_frames must be >= 1, got {num_latent_frames!r}")
@@ -237,7 +240,9 @@ class SignSALD(nn.Module):
     # -- generation ----------------------------------------------------------------------------
     @contextlib.contextmanager
     def _eval_mode(self) -> Iterator[None]:
-        modes = [(m, m.training) for m in (self.vae, self.denoiser)]
+        # only the modules with a submodule in training mode are switched (and restored): a
+        # recursive eval()/train() of an eval-mode model cost ~2.5 ms a call (a one-off profile)
+        modes = [(m, m.training) for m in (self.vae, self.denoiser) if any(s.training for s in m.modules())]
         try:
             for m, _ in modes:
                 m.eval()

@@ -140,8 +140,8 @@ def test_padded_frames_equal_the_unpadded_run():
 
 
 def test_compile_bucket():
-    assert [compile_bucket(n) for n in (1, 8, 9, 16, 17, 33, 64, 65, 200, 257, 300)] == \
-        [8, 8, 16, 16, 24, 48, 64, 96, 256, 384, 384]
+    assert [compile_bucket(n) for n in (1, 8, 9, 16, 17, 28, 29, 33, 64, 65, 200, 257, 300)] == \
+        [8, 8, 12, 16, 20, 28, 32, 48, 64, 96, 256, 384, 384]
     with pytest.raises(ValueError, match="num_latent_frames must be >= 1"):
         compile_bucket(0)
 
