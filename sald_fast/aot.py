@@ -167,7 +167,9 @@ class AOTDenoiser:
         # never inside the library
         self.module._check_inputs(z_t, t, None, None, lengths, None, text_context)
         self.module._check_film(film, shared_halves, z_t.shape[0], z_t.device)
-        return self._run([z_t, t, film], lengths, text_context, bool(shared_halves), False)
+        head, tail = self._flatten([z_t, t, film], lengths, text_context)
+        flat = head + tail
+        return self._runner(flat, (bool(shared_halves), False), text_context, lengths)(flat + self._weights)
 
     def guided_prediction(self, z_t: torch.Tensor, t: torch.Tensor, lengths: torch.Tensor | None,
                           text_context: TextContext, film: torch.Tensor, guidance: float) -> torch.Tensor:
@@ -228,12 +230,6 @@ class AOTDenoiser:
         return (text_context is not None and film is not None and text is None and text_mask is None
                 and drop_text is None and isinstance(z_t, torch.Tensor) and isinstance(t, torch.Tensor)
                 and t.dim() == 1 and z_t.device.type == "cpu" and not torch.is_grad_enabled())
-
-    def _run(self, inputs: list[torch.Tensor], lengths, context: TextContext, shared_halves: bool,
-             guided: bool) -> torch.Tensor:
-        head, tail = self._flatten(inputs, lengths, context)
-        flat = head + tail
-        return self._runner(flat, (shared_halves, guided), context, lengths)(flat + self._weights)
 
     @staticmethod
     def _flatten(inputs: list[torch.Tensor], lengths, context: TextContext) -> tuple[list, list]:

@@ -549,8 +549,7 @@ def _run_plan(denoiser, plan: SamplingPlan, noise: torch.Tensor, text, text_mask
     # itself, its inputs other than z and t checked and flattened once per run
     guided_steps = None
     if cfg_batch and film is not None and callable(getattr(denoiser, "guided_steps", None)):
-        guided_steps = denoiser.guided_steps(noise * plan.init_sigma * plan.scales[0], t_table[0, :B], lengths,
-                                             context, film, guidance)
+        guided_steps = denoiser.guided_steps(noise, t_table[0, :B], lengths, context, film, guidance)  # z's shape
     z = noise * plan.init_sigma
     zs: list[torch.Tensor] = [z]
     outs: list[torch.Tensor] = []

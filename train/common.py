@@ -141,12 +141,13 @@ class JsonlLogger:
     def __init__(self, path: Path, enabled: bool = True):
         self.path = path
         self.enabled = enabled
+        if enabled:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
 
     def log(self, **record: Any) -> None:
         if not self.enabled:
             return
         record.setdefault("time", round(time.time(), 3))
-        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
 
