@@ -9,6 +9,7 @@ and prints their medians and ratios::
     python -m bench.sampling_ab --compiled          # + torch.compile: of the reference, and generate(compile=True)
     python -m bench.sampling_ab --diffusers-loop    # + the reference through diffusers' step
     OMP_NUM_THREADS=1 python -m bench.sampling_ab   # one thread
+    python -m bench.sampling_ab --compiled --preset paper --frames 256 --reps 5 --roofline
 
 ``reference``: backend "reference", eager; ``fast``: backend "auto" (the same weights), eager.
 Both sample from the precomputed plan (no diffusers call per step). ``--compiled`` adds
@@ -19,6 +20,13 @@ the first call or loaded from their disk cache). ``--diffusers-loop`` adds the
 reference stepping through the diffusers scheduler with neither the plan nor the per-run FiLM
 table and shared CFG halves (the sampling loop before them). A call is the whole ``generate``:
 text encoding (prompt cache cleared), sampling, VAE decoding and the pose outputs.
+
+``--roofline`` adds, to every round, the matrix-rate measurement of the benchmark suite (a
+2048^3 matmul in fp32, median of 3: :func:`bench._common.measure_roofline`'s) and prints each
+implementation's share of it: the reference run's FLOPs (counted from shapes, as the suite's
+sampling benchmark counts them) / the call's time / the rate measured in the same round; the
+median over rounds. On a machine whose speed drifts from minute to minute, a rate measured in the
+same round as the call it divides is the fair ceiling.
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ import time
 
 import torch
 
+from bench._common import count_flops
 from bench.test_bench_model import _config
 from sald_fast.diffusion import make_scheduler
 from sald_fast.ops import backend_line
@@ -43,6 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reps", type=int, default=7)
     p.add_argument("--compiled", action="store_true", help="also torch.compile (inductor) of each denoiser")
     p.add_argument("--diffusers-loop", action="store_true", help="also the reference through diffusers' step")
+    p.add_argument("--roofline", action="store_true",
+                   help="also measure the matrix rate in every round and print each implementation's share of it")
     args = p.parse_args(argv)
 
     cfg = _config(args.preset, False)
@@ -84,11 +95,17 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:  # warm-up (and compilation)
         call(name)
         call(name)
+    flops = rates = None
+    if args.roofline:
+        flops = _sampling_flops(models["reference"], text, args.frames, args.steps)
+        rates = []
     times = {n: [] for n in names}
     for rep in range(args.reps):
         for i in range(len(names)):
             name = names[(rep + i) % len(names)]
             times[name].append(call(name))
+        if rates is not None:
+            rates.append(matmul_rate())
     med = {n: statistics.median(v) for n, v in times.items()}
     print(f"{args.preset}, 1 sentence, {args.frames} frames, DDIM-{args.steps}, {torch.get_num_threads()} thread(s), "
           f"{args.reps} interleaved reps")
@@ -97,7 +114,39 @@ def main(argv: list[str] | None = None) -> int:
               f"  reference / this = {med['reference'] / med[n]:.2f}x"
               + (f", compiled_reference / this = {med['compiled_reference'] / med[n]:.2f}x"
                  if "compiled_reference" in med else ""))
+    if rates is not None:
+        print(f"matrix rate (2048^3 fp32 matmul, measured in every round): median {statistics.median(rates):.3f} "
+              f"TFLOP/s (min {min(rates):.3f}, max {max(rates):.3f}); the reference run's FLOPs: {flops / 1e12:.3f} TFLOP")
+        for n in names:
+            shares = [flops / t / rate / 1e12 for t, rate in zip(times[n], rates)]
+            print(f"  {n:26s} {100 * statistics.median(shares):5.1f}% of the matrix rate (median of the rounds' "
+                  f"shares; min {100 * min(shares):.1f}%, max {100 * max(shares):.1f}%)")
     return 0
+
+
+def matmul_rate(n: int = 2048, reps: int = 3) -> float:
+    """TFLOP/s of an ``n``^3 fp32 matmul on the CPU, median of ``reps`` (the suite's matrix rate)."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - start)
+    return 2 * n ** 3 / statistics.median(times) / 1e12
+
+
+def _sampling_flops(model: SignSALD, text: list[str], frames: int, steps: int) -> int:
+    """FLOPs of the reference ``generate`` of ``steps`` steps, counted from shapes: a one-step and a
+    two-step run give the per-step count and the rest (text encoding, decoding), as the suite's
+    sampling benchmark counts them."""
+    def run(n: int) -> None:
+        model.text_encoder.clear_cache()
+        with torch.no_grad():
+            model.generate(text, num_frames=frames, steps=n, seed=0)
+
+    one, two = count_flops(lambda: run(1)), count_flops(lambda: run(2))
+    return one + (steps - 1) * (two - one)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ Groups (randomly initialised models, the ``tiny`` text encoder kind: nothing is 
   sentence) on the CPU.
 - ``sampling``: ``SignSALD.generate`` end to end (text encoding with the prompt cache cleared,
   DDIM-50 with classifier-free guidance, VAE decode, forward kinematics, SMPL-X parameters) for
-  one sentence and for a batch of 64, with the preset's clip length (tiny 64 frames, paper 256).
+  one sentence and for a batch of 64, with the preset's clip length (tiny 112 frames, paper 256).
   CUDA: the paper preset. CPU: tiny (1 and 64 sentences) and paper (1 sentence); a batch of 64
   with the paper preset would take many minutes per call on a small CPU and is skipped, and the
   batch of 64 is timed on the reference only.
