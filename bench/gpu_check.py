@@ -22,9 +22,10 @@ H100.
 
 ``--wheels DIR`` (no GPU needed) downloads into DIR, with ``pip download``, the packages a GPU
 machine with only torch, triton, numpy, transformers, safetensors, tqdm, matplotlib, imageio,
-sacrebleu, pytest, pytest-benchmark and ninja lacks (:data:`WHEEL_REQUIREMENTS` and
-:data:`WHEEL_DEPENDENCIES`, for CPython 3.12 on manylinux x86-64), then exits. The check needs
-only diffusers of them; the rest make the whole test suite runnable there.
+sacrebleu, pytest, pytest-benchmark and ninja lacks (:data:`WHEEL_REQUIREMENTS`, for CPython 3.12
+on manylinux x86-64), and then, round by round, every dependency their downloaded files declare
+for that Python and platform (:func:`download_closure`), until none is missing; then it exits.
+The check needs only diffusers of them; the rest make the whole test suite runnable there.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -80,12 +82,13 @@ WHEEL_REQUIREMENTS = ("diffusers>=0.30", "rouge-score>=0.1.2", "hypothesis>=6.0"
                       "opencv-python-headless>=4.8")
 """Our requirements a GPU machine with only :data:`PRESENT` lacks (pyproject.toml's lists)."""
 
-WHEEL_DEPENDENCIES = ("importlib_metadata", "zipp", "absl-py", "nltk", "six", "attrs", "sortedcontainers", "httpx",
-                      "anyio", "h11", "httpcore", "sniffio", "idna", "certifi", "regex", "filelock", "huggingface-hub",
-                      "requests", "Pillow", "joblib", "click", "charset-normalizer", "urllib3", "typing-extensions",
-                      "fsspec", "packaging", "pyyaml", "hf-xet", "simple-video-utils", "av")
-"""Their dependencies that a transformers install may lack (downloading one already installed is
-harmless: ``pip install --no-index`` keeps an installed version that satisfies)."""
+WHEEL_DEPENDENCIES = ("absl-py", "nltk", "six", "setuptools>=40.8.0", "wheel")
+"""Dependencies no downloaded file declares: rouge-score ships only a source archive whose
+metadata lists no requirements (its setup.py asks for absl-py, nltk, six and numpy), and pip
+builds it in an isolated environment that needs setuptools and wheel from DIR too. The rest of the
+dependencies are read from the downloaded wheels' metadata (:func:`download_closure`);
+downloading one already installed is harmless (``pip install --no-index`` keeps an installed
+version that satisfies)."""
 
 # Already on the GPU machine (the issue's list): never downloaded (smplx's torch dependency is why
 # the downloads run with --no-deps).
@@ -98,15 +101,92 @@ def missing_modules() -> dict[str, str]:
     return {m: req for m, req in REQUIRED_MODULES.items() if importlib.util.find_spec(m) is None}
 
 
-def download_command(directory: Path, python_version: str = "3.12") -> list[str]:
-    """The ``pip download`` of ``--wheels``: :data:`WHEEL_REQUIREMENTS` and
-    :data:`WHEEL_DEPENDENCIES` without resolving further (smplx would pull torch), for CPython
-    ``python_version`` on manylinux x86-64: manylinux or pure-Python wheels, and the source
-    archive of a pure-Python package that has no wheel (rouge-score)."""
+def download_command(directory: Path, requirements: Sequence[str], python_version: str = "3.12") -> list[str]:
+    """One ``pip download`` round of ``--wheels``: ``requirements`` without resolving further (pip
+    would pull torch for smplx), for CPython ``python_version`` on manylinux x86-64: manylinux or
+    pure-Python wheels, and the source archive of a pure-Python package that has no wheel
+    (rouge-score)."""
     return [sys.executable, "-m", "pip", "download", "--disable-pip-version-check", "--no-deps",
             "--python-version", python_version, "--implementation", "cp", "--platform", "manylinux_2_28_x86_64",
             "--platform", "manylinux_2_17_x86_64", "--platform", "manylinux2014_x86_64", "--platform", "any",
-            "-d", str(directory), *WHEEL_REQUIREMENTS, *WHEEL_DEPENDENCIES]
+            "-d", str(directory), *requirements]
+
+
+def _marker_environment(python_version: str) -> dict[str, str]:
+    """The environment markers of CPython ``python_version`` on Linux x86-64 (no extra requested)."""
+    return {"python_version": python_version, "python_full_version": f"{python_version}.0", "os_name": "posix",
+            "sys_platform": "linux", "platform_system": "Linux", "platform_machine": "x86_64",
+            "platform_python_implementation": "CPython", "implementation_name": "cpython",
+            "implementation_version": f"{python_version}.0", "platform_release": "", "platform_version": "",
+            "extra": ""}
+
+
+def _declared_requirements(path: Path) -> list[str]:
+    """The ``Requires-Dist`` lines of a wheel's METADATA or a source archive's PKG-INFO."""
+    import tarfile
+    import zipfile
+    from email.parser import HeaderParser
+
+    text = ""
+    if path.suffix == ".whl":
+        with zipfile.ZipFile(path) as zf:
+            name = next((n for n in zf.namelist() if n.endswith(".dist-info/METADATA")), None)
+            text = zf.read(name).decode("utf-8", "replace") if name else ""
+    elif path.name.endswith((".tar.gz", ".tgz")):
+        with tarfile.open(path) as tf:
+            member = min((m for m in tf.getmembers() if m.name.endswith("PKG-INFO")),
+                         key=lambda m: m.name.count("/"), default=None)
+            handle = tf.extractfile(member) if member is not None else None
+            text = handle.read().decode("utf-8", "replace") if handle is not None else ""
+    return HeaderParser().parsestr(text).get_all("Requires-Dist") or []
+
+
+def _distribution_name(path: Path) -> str:
+    """The canonical project name of a downloaded wheel or source archive."""
+    from packaging.utils import canonicalize_name, parse_sdist_filename, parse_wheel_filename
+
+    if path.suffix == ".whl":
+        return canonicalize_name(parse_wheel_filename(path.name)[0])
+    return canonicalize_name(parse_sdist_filename(path.name)[0])
+
+
+def download_closure(directory: Path, python_version: str = "3.12", max_rounds: int = 12) -> int:
+    """``pip download`` :data:`WHEEL_REQUIREMENTS` and :data:`WHEEL_DEPENDENCIES` into
+    ``directory``, then, round by round, every requirement the downloaded files declare for CPython
+    ``python_version`` on Linux x86-64 (markers evaluated, extras not requested) that is neither
+    downloaded nor on the GPU machine already (:data:`PRESENT`). Returns pip's exit code (0 when
+    every round succeeded and nothing is left missing, 1 if rounds ran out)."""
+    from packaging.requirements import InvalidRequirement, Requirement
+    from packaging.utils import canonicalize_name
+
+    env = _marker_environment(python_version)
+    present = {canonicalize_name(p) for p in PRESENT}
+    asked: set[str] = set()
+    batch = [*WHEEL_REQUIREMENTS, *WHEEL_DEPENDENCIES]
+    for _ in range(max_rounds):
+        rc = _run(download_command(directory, batch, python_version), timeout=1800)[0]
+        if rc != 0:
+            return rc
+        asked |= {canonicalize_name(Requirement(r).name) for r in batch}
+        files = [p for p in sorted(directory.iterdir()) if p.suffix == ".whl" or p.name.endswith((".tar.gz", ".tgz"))]
+        have = {_distribution_name(p) for p in files} | asked | present
+        batch = []
+        for path in files:
+            for line in _declared_requirements(path):
+                try:
+                    req = Requirement(line)
+                except InvalidRequirement:
+                    continue
+                name = canonicalize_name(req.name)
+                if name in have or (req.marker is not None and not req.marker.evaluate(env)):
+                    continue
+                have.add(name)
+                batch.append(f"{req.name}{req.specifier}")
+        if not batch:
+            return 0
+        print(f"gpu_check: their dependencies, next round: {' '.join(batch)}", flush=True)
+    print(f"gpu_check: dependencies still missing after {max_rounds} rounds: {' '.join(batch)}", file=sys.stderr)
+    return 1
 
 
 def install_command(directory: Path, requirements: list[str]) -> list[str]:
@@ -188,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.wheels is not None:
         args.wheels.mkdir(parents=True, exist_ok=True)
-        rc = _run(download_command(args.wheels, args.python_version), timeout=1800)[0]
+        rc = download_closure(args.wheels, args.python_version)
         print(f"gpu_check: wheels in {args.wheels}; on the GPU machine run "
               f"`PYTHONPATH=. python -m bench.gpu_check --install-from {args.wheels}`")
         return rc

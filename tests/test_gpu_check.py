@@ -25,18 +25,55 @@ def test_without_a_gpu_it_says_so_and_exits_non_zero():
     assert "no CUDA GPU on this machine" in proc.stderr and "nothing was run" in proc.stderr
 
 
-def test_wheels_downloads_our_missing_requirements_without_torch(tmp_path, monkeypatch):
+def _fake_wheel(directory: Path, name: str, requires: list[str]) -> None:
+    """A wheel file holding only METADATA with ``requires`` as its Requires-Dist lines."""
+    import zipfile
+
+    meta = f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n" + "".join(f"Requires-Dist: {r}\n" for r in requires)
+    with zipfile.ZipFile(directory / f"{name.replace('-', '_')}-1.0-py3-none-any.whl", "w") as zf:
+        zf.writestr(f"{name.replace('-', '_')}-1.0.dist-info/METADATA", meta)
+
+
+def test_wheels_downloads_our_missing_requirements_and_their_dependencies_without_torch(tmp_path, monkeypatch):
+    """``--wheels`` downloads in rounds until every declared dependency (for CPython 3.12 on Linux,
+    no extras) is there: a fake pip writes wheels whose metadata declare more."""
+    declared = {"diffusers": ["importlib_metadata", "torch>=2", "numpy", "extra-only; extra == 'test'",
+                              "win-only; sys_platform == 'win32'"],
+                "importlib-metadata": ["zipp>=3.20", 'lazy-importer>=0.1; python_version < "3.15"',
+                                       'old-only; python_version < "3.8"'],
+                "zipp": [], "lazy-importer": []}
     calls = []
-    monkeypatch.setattr(gpu_check, "_run", lambda cmd, timeout, env=None: calls.append(cmd) or (0, "", 0.0))
+
+    def fake_run(cmd, timeout, env=None):
+        calls.append(cmd)
+        directory = Path(cmd[cmd.index("-d") + 1])
+        for req in cmd[cmd.index("-d") + 2:]:
+            name = req.split(">")[0].split("=")[0].split("<")[0].split("!")[0].strip().lower().replace("_", "-")
+            _fake_wheel(directory, name, declared.get(name, []))
+        return 0, "", 0.0
+
+    monkeypatch.setattr(gpu_check, "_run", fake_run)
     assert gpu_check.main(["--wheels", str(tmp_path / "w")]) == 0
-    assert (tmp_path / "w").is_dir() and len(calls) == 1
+    assert (tmp_path / "w").is_dir() and len(calls) == 3  # ours, then importlib_metadata, then zipp + lazy-importer
     cmd = calls[0]
     assert cmd[1:4] == ["-m", "pip", "download"] and "--no-deps" in cmd
     assert cmd[cmd.index("--python-version") + 1] == "3.12" and cmd[cmd.index("-d") + 1] == str(tmp_path / "w")
-    names = {c.split(">")[0].split("=")[0].lower() for c in cmd if not c.startswith("-")}
-    assert {"diffusers", "rouge-score", "smplx", "importlib_metadata"} <= names
+    requested = [c for call in calls for c in call[call.index("-d") + 2:]]
+    names = {c.split(">")[0].split("=")[0].split("<")[0].lower() for c in requested}
+    assert {"diffusers", "rouge-score", "smplx", "setuptools", "importlib_metadata", "zipp", "lazy-importer"} <= names
+    assert "zipp>=3.20" in requested and "lazy-importer>=0.1" in requested
     assert not names & {"torch", "triton", "transformers", "numpy"}  # on the GPU machine already
-    # every requirement of pyproject.toml not on the GPU machine is in the list
+    assert not names & {"extra-only", "win-only", "old-only"}  # not for CPython 3.12 on Linux without extras
+    assert len(requested) == len(set(requested))  # nothing asked for twice
+
+
+def test_wheels_fails_when_pip_download_fails(tmp_path, monkeypatch):
+    monkeypatch.setattr(gpu_check, "_run", lambda cmd, timeout, env=None: (1, "no such version", 0.0))
+    assert gpu_check.main(["--wheels", str(tmp_path / "w")]) == 1
+
+
+def test_every_requirement_not_on_the_gpu_machine_is_downloaded():
+    """Every requirement of pyproject.toml not on the GPU machine is in the download list."""
     import tomllib
 
     deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
