@@ -69,6 +69,11 @@ def triton_runs_here(smoke):
                     "set TRITON_INTERPRET=1 to time it anyway)")
     if not CUDA and not TRITON_INTERPRETED:
         pytest.skip("Triton: needs a GPU or TRITON_INTERPRET=1")
+    if not CUDA:
+        from kernels import interpreter_defect
+
+        if interpreter_defect() is not None:
+            pytest.skip(interpreter_defect())
 
 
 def _input_set(op: str, s: Shape, backward: bool, seed: int):

@@ -15,6 +15,7 @@ with a :class:`TritonBackendError`. This module holds the small helpers the laun
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Callable
 
@@ -29,6 +30,7 @@ __all__ = [
     "SUPPORTED_DTYPES",
     "POISON_ENV",
     "is_interpreted",
+    "interpreter_defect",
     "check_tensor",
     "new_output",
     "identity_wrap",
@@ -50,6 +52,42 @@ def is_interpreted(kernel: object) -> bool:
     except ImportError:  # pragma: no cover - very old triton
         return False
     return isinstance(kernel, InterpretedFunction)
+
+
+@triton.jit
+def _loop_bound_probe(n_ptr, out_ptr):
+    """Counts to a loaded scalar: a loop bound read from memory, as the attention kernels have."""
+    n = tl.load(n_ptr)
+    count = 0
+    for _ in range(0, n, 1):
+        count += 1
+    tl.store(out_ptr, count)
+
+
+@functools.lru_cache(maxsize=None)
+def interpreter_defect() -> str | None:
+    """Why Triton's interpreter cannot run the kernels in this environment, or None (also None
+    when the kernels are compiled: the interpreter is off).
+
+    Triton 3.6's interpreter turns a loaded scalar into a Python int with ``int()`` of a
+    one-element array, which NumPy 2.4 and later refuse ("only 0-dimensional arrays can be
+    converted to Python scalars"); a loop bound read from memory (the attention kernels' key
+    lengths) hits it. A tiny probe kernel is run once to find out.
+    """
+    if not is_interpreted(_loop_bound_probe):
+        return None
+    n, out = torch.tensor([3], dtype=torch.int32), torch.zeros(1, dtype=torch.int32)
+    try:
+        _loop_bound_probe[(1,)](n, out)
+    except Exception as exc:  # the interpreter wraps the NumPy error in its own InterpreterError
+        import numpy
+
+        return (f"Triton {triton.__version__}'s interpreter cannot run these kernels with NumPy {numpy.__version__} "
+                f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); install numpy<2.4 or a "
+                "newer Triton to run them on the CPU (compiled kernels on a GPU do not use NumPy)")
+    if int(out.item()) != 3:
+        return f"Triton {triton.__version__}'s interpreter miscounts a loop bound read from memory ({int(out.item())} != 3)"
+    return None
 
 
 def identity_wrap(kernel: Callable) -> Callable:
@@ -76,6 +114,11 @@ def check_tensor(name: str, t: torch.Tensor, kernel: object, dtype: torch.dtype 
             f"the triton backend got CPU tensor {name}, but Triton's interpreter is off: set "
             "TRITON_INTERPRET=1 before importing triton/sald_fast to run the kernels on the CPU, or use "
             "backend='reference' (or 'auto', which picks the reference on the CPU)")
+    if t.device.type == "cpu":
+        defect = interpreter_defect()
+        if defect is not None:
+            raise TritonBackendError(f"the triton backend cannot run CPU tensor {name} here: {defect}; or use "
+                                     "backend='reference' (or 'auto', which picks the reference on the CPU)")
     if t.device.type not in ("cpu", "cuda", "meta"):
         raise TritonBackendError(f"{name} is on {t.device}; the triton backend runs on CUDA (or CPU with "
                                  "TRITON_INTERPRET=1)")

@@ -29,13 +29,17 @@ def extension_or_skip() -> ModuleType:
 
 def triton_device_or_skip(kernel) -> str:
     """``"cuda"`` with a GPU, else ``"cpu"`` when ``kernel`` (a ``@triton.jit`` function) runs in
-    Triton's interpreter; skips the calling module when neither holds."""
-    from kernels import is_interpreted
+    Triton's interpreter; skips the calling module when neither holds, or when this Triton's
+    interpreter cannot run the kernels with this NumPy (:func:`kernels.interpreter_defect`, the
+    reason given)."""
+    from kernels import interpreter_defect, is_interpreted
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cpu" and not is_interpreted(kernel):
         pytest.skip("kernels were imported before TRITON_INTERPRET=1 was set and there is no GPU",
                     allow_module_level=True)
+    if device == "cpu" and interpreter_defect() is not None:
+        pytest.skip(interpreter_defect(), allow_module_level=True)
     return device
 
 

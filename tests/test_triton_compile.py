@@ -35,10 +35,14 @@ import pytest  # noqa: E402
 
 triton = pytest.importorskip("triton")
 
-from kernels import is_interpreted  # noqa: E402
+from kernels import interpreter_defect, is_interpreted  # noqa: E402
 from kernels import film_layernorm as film  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+_DEFECT = interpreter_defect() if DEVICE == "cpu" else None
+needs_kernels = pytest.mark.skipif(
+    (DEVICE == "cpu" and not is_interpreted(film.film_ln_fwd_kernel)) or _DEFECT is not None,
+    reason=_DEFECT or "kernels were imported before TRITON_INTERPRET=1 was set and there is no GPU")
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.triton
 
@@ -79,8 +83,7 @@ def _loss(out):
     return z_new.sum() + (y * y).sum()
 
 
-@pytest.mark.skipif(DEVICE == "cpu" and not is_interpreted(film.film_ln_fwd_kernel),
-                    reason="kernels were imported before TRITON_INTERPRET=1 was set and there is no GPU")
+@needs_kernels
 def test_fullgraph_compile_forward_backward_matches_eager():
     args = _inputs()
     eager = _direct_block(*args)
@@ -97,8 +100,7 @@ def test_fullgraph_compile_forward_backward_matches_eager():
         torch.testing.assert_close(a.grad, g, rtol=0, atol=0)
 
 
-@pytest.mark.skipif(DEVICE == "cpu" and not is_interpreted(film.film_ln_fwd_kernel),
-                    reason="kernels were imported before TRITON_INTERPRET=1 was set and there is no GPU")
+@needs_kernels
 def test_public_ops_have_no_graph_breaks():
     torch._dynamo.reset()
     args = _inputs()
@@ -204,6 +206,20 @@ def test_cpu_tensors_without_interpreter_raise_a_clear_error():
     assert res.stdout.count("raised: TritonBackendError") == 3
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU interpreter's probe")
+def test_an_interpreter_that_cannot_run_the_kernels_gives_its_reason(monkeypatch):
+    """A defective interpreter (Triton 3.6 with NumPy >= 2.4) makes the launchers refuse CPU tensors
+    with the probe's reason, not fail inside a kernel; where the probe runs clean, it says None."""
+    import kernels
+
+    if is_interpreted(film.film_ln_fwd_kernel):
+        assert kernels.interpreter_defect() in (None, _DEFECT) and _DEFECT == kernels.interpreter_defect()
+    monkeypatch.setattr(kernels, "interpreter_defect", lambda: "Triton X's interpreter cannot run these kernels")
+    z = torch.randn(1, 2, 3, 16)
+    with pytest.raises(kernels.TritonBackendError, match="cannot run CPU tensor z here: Triton X's interpreter"):
+        kernels.check_tensor("z", z, film.film_ln_fwd_kernel)
+
+
 # ----------------------------------------------------------------------------- the whole Denoiser
 
 def _tiny_denoisers():
@@ -230,8 +246,7 @@ def _tiny_denoisers():
     return ref, tri, inputs
 
 
-@pytest.mark.skipif(DEVICE == "cpu" and not is_interpreted(film.film_ln_fwd_kernel),
-                    reason="kernels were imported before TRITON_INTERPRET=1 was set and there is no GPU")
+@needs_kernels
 def test_denoiser_triton_matches_reference_outputs_and_gradients(monkeypatch):
     """Denoiser(backend="triton") with the reference's weights: same eps and gradients (fp32)."""
     monkeypatch.setenv("SALD_FAST_TRITON_POISON", "1")
@@ -249,8 +264,7 @@ def test_denoiser_triton_matches_reference_outputs_and_gradients(monkeypatch):
         torch.testing.assert_close(grads["triton"][n], g_ref, rtol=1e-4, atol=1e-5, msg=lambda m: f"{n}: {m}")
 
 
-@pytest.mark.skipif(DEVICE == "cpu" and not is_interpreted(film.film_ln_fwd_kernel),
-                    reason="kernels were imported before TRITON_INTERPRET=1 was set and there is no GPU")
+@needs_kernels
 def test_denoiser_triton_compiles_without_graph_breaks():
     """torch.compile(fullgraph=True) of the whole Denoiser (any graph break raises), forward + backward:
     the compiled output and every gradient (input and parameters) equal eager's."""
