@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     models = {}
     for name, backend in (("reference", "reference"), ("fast", "auto")):
         models[name] = SignSALD.from_config(cfg, seed=0, backend=backend).eval()
-        print(backend_line("cpu", backend))
+        print(backend_line("cpu", backend, grad=False))
     compile_flag = {}
     if args.compiled:
         base = models["reference"]

@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> None:
     z0, text, mask, lengths = _inputs(cfg, args.B, args.N)
     torch.manual_seed(0)
     base = Denoiser(cfg.denoiser, backend="reference").train()
-    print(backend_line("cpu", "auto"), f"| threads {torch.get_num_threads()}")
+    print(backend_line("cpu", "auto", grad=True), f"| threads {torch.get_num_threads()}")
     names = ["reference", "fast"] + (["compiled_reference", "compiled_fast"] if args.compiled else [])
     impls = {}
     for name in names:

@@ -30,9 +30,11 @@ if TYPE_CHECKING:
 __all__ = ["main", "resolve_model_dir", "print_backend_line", "build_parser", "DEFAULT_BACKEND"]
 
 
-def print_backend_line(device: torch.device | str, backend: str | None = None) -> str:
+def print_backend_line(device: torch.device | str, backend: str | None = None, grad: bool | None = None) -> str:
     """Print (to stdout) and return :func:`sald_fast.ops.backend_line` for ``device`` and ``backend``
-    (None: the process default), the start-up line of ``sald-fast`` and ``python -m train.full``.
+    (None: the process default), the start-up line of ``sald-fast`` and ``python -m train.full``;
+    ``grad``: whether the command's calls record autograd (``sald-fast``'s commands: False; None:
+    not considered), which ``auto`` reads on the CPU.
 
     Loads (and builds) the backends now. Sets up ``logging`` (WARNING, bare messages on stderr)
     when nothing has configured it, so the ops' fallback notices reach the terminal.
@@ -41,7 +43,7 @@ def print_backend_line(device: torch.device | str, backend: str | None = None) -
 
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    line = backend_line(device, backend)
+    line = backend_line(device, backend, grad=grad)
     print(line, flush=True)
     return line
 
@@ -55,7 +57,7 @@ def _start(args: argparse.Namespace) -> str:
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     ops.set_backend(args.backend)
-    print_backend_line(device)
+    print_backend_line(device, grad=False)  # generate / evaluate / render: no gradients
     return device
 
 

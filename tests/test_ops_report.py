@@ -134,6 +134,39 @@ def test_auto_fallback_logs_the_reason_once(caplog, no_extension):
     assert "cuda" not in ops.available_backends("skeletal_graph_conv")
 
 
+def test_auto_on_the_cpu_runs_the_extension_only_in_calls_with_gradients(caplog, fresh_notes):
+    """Measured: the extension's CPU kernels win in training steps and lose in sampling, so auto
+    picks them per call by whether the call records autograd, and says why once."""
+    if not dispatch._try_load("cuda"):
+        pytest.skip("the C++ extension does not build here")
+    caplog.set_level(logging.INFO, logger="sald_fast.ops")
+    for op in EXTENSION_OPS:
+        assert dispatch.resolve(op, "auto", torch.device("cpu"), grad=True) is dispatch._IMPLS[op]["cuda"]
+        for _ in range(3):
+            assert dispatch.resolve(op, "auto", torch.device("cpu"), grad=False) is dispatch._IMPLS[op]["reference"]
+        assert dispatch.resolve(op, "auto", torch.device("cpu")) is dispatch._IMPLS[op]["cuda"]  # not known
+    assert set(ops.backend_report("cpu", "auto", grad=False)[op] for op in EXTENSION_OPS) == {"reference"}
+    assert set(ops.backend_report("cpu", "auto", grad=True)[op] for op in EXTENSION_OPS) == {"extension"}
+    assert ops.backend_report("cpu", "cuda", grad=False)["skeletal_graph_conv"] == "extension"  # asked for: runs
+    messages = [r.getMessage() for r in _ops_records(caplog)]
+    for op in EXTENSION_OPS:
+        mine = [m for m in messages if m.startswith(f"auto: {op} on cpu")]
+        assert len(mine) == 1 and mine[0].startswith(f"auto: {op} on cpu uses the reference for calls without "
+                                                     "gradients: the extension is slower than the reference in calls "
+                                                     "without gradients ("), messages
+    assert all(r.levelno == logging.INFO for r in _ops_records(caplog) if "without gradients" in r.getMessage())
+    # the public ops pass the call's mode: the same inputs take either path, with the same result
+    h, ip, ix, ws, wn = _graph_conv_inputs()
+    with torch.no_grad():
+        plain = ops.skeletal_graph_conv(h, ip, ix, ws, wn, backend="auto")
+    hg = h.clone().requires_grad_(True)
+    trained = ops.skeletal_graph_conv(hg, ip, ix, ws, wn, backend="auto")
+    torch.testing.assert_close(trained.detach(), plain, rtol=1e-5, atol=1e-5)
+    assert ("skeletal_graph_conv", dispatch.Inputs("cpu", h.dtype, h.shape[2], None, True)) in dispatch._auto_choices
+    assert dispatch._auto_choices[("skeletal_graph_conv", dispatch.Inputs("cpu", h.dtype, h.shape[2], None, False))] \
+        == "reference"
+
+
 def test_fallback_notices_are_per_op_backend_device_and_reason(caplog, fresh_notes, monkeypatch):
     """A requested backend without kernels for the tensors' device runs the reference, logged once
     per device type and reason; another reason is a new notice."""

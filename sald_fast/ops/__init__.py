@@ -50,6 +50,12 @@ __all__ = [
 
 FLOAT_DTYPES = checks.FLOAT_DTYPES
 _check_float = checks.check_float
+
+
+def _records_grad(*tensors) -> bool:
+    """Whether a call on ``tensors`` records autograd (grad mode on, an input requiring grad): part
+    of ``auto``'s choice on the CPU. Reads metadata only."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 _check_device = checks.check_device
 
 
@@ -76,7 +82,8 @@ def film_residual_layernorm(z, h, gamma, beta, weight=None, bias=None, eps: floa
             if t.shape != (D,):
                 raise ValueError(f"{name} must be (D,) = {(D,)}, got {tuple(t.shape)}")
     _check_device(z, h=h, gamma=gamma, beta=beta, weight=weight, bias=bias)
-    fn = resolve("film_residual_layernorm", backend, z.device, z.dtype, J)
+    fn = resolve("film_residual_layernorm", backend, z.device, z.dtype, J,
+                 grad=_records_grad(z, h, gamma, beta, weight, bias))
     with nvtx_range("film_residual_layernorm"):
         return fn(z, h, gamma, beta, weight, bias, eps)
 
@@ -136,6 +143,7 @@ def skeletal_graph_conv(h, indptr, indices, w_self, w_neigh, bias=None, *, backe
         if bias.shape != (w_self.shape[0],):
             raise ValueError(f"bias must be (C_out,) = ({w_self.shape[0]},), got {tuple(bias.shape)}")
     _check_device(h, indptr=indptr, indices=indices, w_self=w_self, w_neigh=w_neigh, bias=bias)
-    fn = resolve("skeletal_graph_conv", backend, h.device, h.dtype, J)
+    fn = resolve("skeletal_graph_conv", backend, h.device, h.dtype, J,
+                 grad=_records_grad(h, w_self, w_neigh, bias))
     with nvtx_range("skeletal_graph_conv"):
         return fn(h, indptr, indices, w_self, w_neigh, bias)

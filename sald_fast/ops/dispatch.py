@@ -52,17 +52,32 @@ _AUTO_ORDER = {
     "skeletal_attention": {"cuda_device": ("triton",), "cpu_device": ()},
     "skeletal_graph_conv": {"cuda_device": ("cuda",), "cpu_device": ("cuda",)},
 }
+# On the CPU the extension's kernels win where the call records autograd (training) and lose
+# without it (sampling), so `auto` takes them there only for calls with gradients. Interleaved
+# A/Bs, 2 threads, 2026-12-01: the tiny denoiser's training step 0.982x the reference's time with
+# the extension's FiLM + LayerNorm (`python -m bench.training_step_ab --reps 9`), the tiny VAE's
+# training step (B=32, 112 frames) 1.22x faster with its graph convolution (a scratch A/B); but
+# `python -m bench.auto_cpu_ab`, no gradients: generate one sentence 0.94-0.96x (FiLM + LayerNorm),
+# decode one sentence 0.59-0.73x (graph convolution; 1.31x with one thread).
+_CPU_EXTENSION_NEEDS_GRAD = {
+    "film_residual_layernorm": "slower than the reference in calls without gradients (sampling: "
+                               "0.94-0.96x in python -m bench.auto_cpu_ab)",
+    "skeletal_graph_conv": "slower than the reference in calls without gradients (decoding: 0.59-0.73x "
+                           "in python -m bench.auto_cpu_ab, 2 threads)",
+}
 
 
 
 class Inputs(NamedTuple):
     """What an implementation's ``supports`` check sees of a call: the device type, the dtype, the
-    number of joints J and the head dim d (None where the op has none or it is not known)."""
+    number of joints J, the head dim d and whether the call records autograd (``grad``: grad mode
+    on and an input requiring grad); None where the op has none or it is not known."""
 
     device_type: str
     dtype: torch.dtype | None = None
     num_joints: int | None = None
     head_dim: int | None = None
+    grad: bool | None = None
 
 
 _IMPLS: dict[str, dict[str, Callable]] = {op: {} for op in OPS}
@@ -183,15 +198,16 @@ def _first_line(text: str) -> str:
     return lines[0] if lines else text
 
 
-def _note(op: str, backend: str, device_type: str, reason: str, message: str) -> None:
-    """Log ``message`` at WARNING once per (op, backend, device type, reason); silent while compiling."""
+def _note(op: str, backend: str, device_type: str, reason: str, message: str, level: int = logging.WARNING) -> None:
+    """Log ``message`` (at WARNING, or ``level``) once per (op, backend, device type, reason);
+    silent while compiling."""
     if torch.compiler.is_compiling():
         return  # resolve runs at trace time: no logging there (prepare / the first eager call logs)
     key = (op, backend, device_type, reason)
     if key in _noted:
         return
     _noted.add(key)
-    logger.warning(message)
+    logger.log(level, message)
 
 
 def _unusable(op: str, backend: str, device_type: str) -> str | None:
@@ -234,6 +250,13 @@ def _choose(op: str, name: str, device_type: str | Inputs) -> str:
         skipped = []
         for candidate in _AUTO_ORDER[op]["cuda_device" if device_type == "cuda" else "cpu_device"]:
             reason = _unusable(op, candidate, device_type)
+            if reason is None and candidate == "cuda" and device_type == "cpu" and inputs.grad is False \
+                    and op in _CPU_EXTENSION_NEEDS_GRAD:
+                if not torch.compiler.is_compiling():  # a measured preference, not a fault: INFO
+                    _note(op, "auto", device_type, _CPU_EXTENSION_NEEDS_GRAD[op],
+                          f"auto: {op} on cpu uses the reference for calls without gradients: the "
+                          f"{_LABELS[candidate]} is {_CPU_EXTENSION_NEEDS_GRAD[op]}", level=logging.INFO)
+                continue
             if reason is None:
                 reason = _unsupported(op, candidate, inputs)
                 if reason is None:
@@ -264,9 +287,10 @@ def _choose(op: str, name: str, device_type: str | Inputs) -> str:
 
 
 def resolve(op: str, backend: str | None, device: torch.device, dtype: torch.dtype | None = None,
-            num_joints: int | None = None, head_dim: int | None = None) -> Callable:
+            num_joints: int | None = None, head_dim: int | None = None, grad: bool | None = None) -> Callable:
     """The implementation of ``op`` for ``backend`` (None: the default) on ``device``, for inputs
-    of ``dtype`` with ``num_joints`` joints and head dim ``head_dim`` (None: not considered).
+    of ``dtype`` with ``num_joints`` joints and head dim ``head_dim``, in a call that records
+    autograd or not (``grad``) (None: not considered).
 
     ``auto`` falls back to the reference when no faster implementation can run these inputs
     (reason logged once); a requested backend that cannot load, or lacks ``op``, raises
@@ -275,7 +299,7 @@ def resolve(op: str, backend: str | None, device: torch.device, dtype: torch.dty
     name = _check_name(backend) if backend is not None else _default_backend
     if name == "reference":
         return _IMPLS[op]["reference"]
-    inputs = Inputs(device.type, dtype, num_joints, head_dim)
+    inputs = Inputs(device.type, dtype, num_joints, head_dim, grad)
     if name != "auto":
         return _IMPLS[op][_choose(op, name, inputs)]
     chosen = _auto_choices.get((op, inputs))
@@ -342,13 +366,15 @@ class BackendAttribute:
 
 
 def backend_report(device: torch.device | str, backend: str | None = None, *, dtype: torch.dtype | None = None,
-                   num_joints: int | None = None, head_dim: int | None = None) -> dict[str, str]:
+                   num_joints: int | None = None, head_dim: int | None = None,
+                   grad: bool | None = None) -> dict[str, str]:
     """Which implementation each op of :data:`OPS` runs for tensors on ``device`` with ``backend``.
 
     ``backend``: a name of :data:`BACKENDS` or None (the process default). ``dtype``,
-    ``num_joints``, ``head_dim``: describe the inputs (None: not considered), as ``auto`` chooses
-    per call -- e.g. ``backend_report("cuda", "auto", dtype=torch.float64)`` says ``reference``
-    for the Triton ops. Values: ``"reference"``, ``"triton"``, ``"extension"`` (the C++/CUDA
+    ``num_joints``, ``head_dim``, ``grad`` (whether the calls record autograd: training True,
+    sampling False): describe the inputs (None: not considered), as ``auto`` chooses per call --
+    e.g. ``backend_report("cuda", "auto", dtype=torch.float64)`` says ``reference`` for the Triton
+    ops, and ``backend_report("cpu", "auto", grad=False)`` the reference for the extension's ops. Values: ``"reference"``, ``"triton"``, ``"extension"`` (the C++/CUDA
     extension), or ``"unavailable"`` when a requested backend cannot run the op or these inputs
     (calling it raises; the reason is logged once). Loads (and builds) the backends now.
     """
@@ -356,7 +382,7 @@ def backend_report(device: torch.device | str, backend: str | None = None, *, dt
     device_type = torch.device(device).type
     report = {}
     for op in OPS:
-        inputs = Inputs(device_type, dtype, num_joints, head_dim if "attention" in op else None)
+        inputs = Inputs(device_type, dtype, num_joints, head_dim if "attention" in op else None, grad)
         try:
             chosen = _choose(op, name, inputs)
         except RuntimeError as exc:
@@ -377,7 +403,7 @@ def backend_line(device: torch.device | str, backend: str | None = None, **input
 
     ``ops on cpu (backend auto): film_residual_layernorm=reference ... skeletal_graph_conv=extension``.
     ``backend`` None means the process default (shown by name); ``inputs``: ``dtype``,
-    ``num_joints``, ``head_dim`` as for :func:`backend_report`. Loads (and builds) the backends now.
+    ``num_joints``, ``head_dim``, ``grad`` as for :func:`backend_report`. Loads (and builds) the backends now.
     """
     name = _check_name(backend) if backend is not None else _default_backend
     report = backend_report(device, name, **inputs)
