@@ -37,7 +37,7 @@ import time
 
 import torch
 
-from bench._common import count_flops
+from bench._common import _median_seconds, count_flops
 from bench.test_bench_model import _config
 from sald_fast.diffusion import make_scheduler
 from sald_fast.ops import backend_line
@@ -125,15 +125,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def matmul_rate(n: int = 2048, reps: int = 3) -> float:
-    """TFLOP/s of an ``n``^3 fp32 matmul on the CPU, median of ``reps`` (the suite's matrix rate)."""
+    """TFLOP/s of an ``n``^3 fp32 matmul on the CPU, median of ``reps`` after a warm-up call (the
+    suite's matrix rate, timed as :func:`bench._common.measure_roofline` times it)."""
     a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b
-    times = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        a @ b
-        times.append(time.perf_counter() - start)
-    return 2 * n ** 3 / statistics.median(times) / 1e12
+    return 2 * n ** 3 / _median_seconds(lambda: a @ b, reps) / 1e12
 
 
 def _sampling_flops(model: SignSALD, text: list[str], frames: int, steps: int) -> int:

@@ -50,13 +50,13 @@ __all__ = [
 
 FLOAT_DTYPES = checks.FLOAT_DTYPES
 _check_float = checks.check_float
+_check_device = checks.check_device
 
 
 def _records_grad(*tensors) -> bool:
     """Whether a call on ``tensors`` records autograd (grad mode on, an input requiring grad): part
     of ``auto``'s choice on the CPU. Reads metadata only."""
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
-_check_device = checks.check_device
 
 
 def film_residual_layernorm(z, h, gamma, beta, weight=None, bias=None, eps: float = 1e-5, *, backend=None):

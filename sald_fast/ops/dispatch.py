@@ -57,11 +57,11 @@ _AUTO_ORDER = {
 # A/Bs, 2 threads, 2026-12-01: the tiny denoiser's training step 0.982x the reference's time with
 # the extension's FiLM + LayerNorm (`python -m bench.training_step_ab --reps 9`), the tiny VAE's
 # training step (B=32, 112 frames) 1.22x faster with its graph convolution (a scratch A/B); but
-# `python -m bench.auto_cpu_ab`, no gradients: generate one sentence 0.94-0.96x (FiLM + LayerNorm),
+# `python -m bench.auto_cpu_ab`, no gradients: generate one sentence 0.94-1.00x (FiLM + LayerNorm),
 # decode one sentence 0.59-0.73x (graph convolution; 1.31x with one thread).
 _CPU_EXTENSION_NEEDS_GRAD = {
     "film_residual_layernorm": "slower than the reference in calls without gradients (sampling: "
-                               "0.94-0.96x in python -m bench.auto_cpu_ab)",
+                               "0.94-1.00x in python -m bench.auto_cpu_ab)",
     "skeletal_graph_conv": "slower than the reference in calls without gradients (decoding: 0.59-0.73x "
                            "in python -m bench.auto_cpu_ab, 2 threads)",
 }
@@ -374,8 +374,8 @@ def backend_report(device: torch.device | str, backend: str | None = None, *, dt
     ``num_joints``, ``head_dim``, ``grad`` (whether the calls record autograd: training True,
     sampling False): describe the inputs (None: not considered), as ``auto`` chooses per call --
     e.g. ``backend_report("cuda", "auto", dtype=torch.float64)`` says ``reference`` for the Triton
-    ops, and ``backend_report("cpu", "auto", grad=False)`` the reference for the extension's ops. Values: ``"reference"``, ``"triton"``, ``"extension"`` (the C++/CUDA
-    extension), or ``"unavailable"`` when a requested backend cannot run the op or these inputs
+    ops, and ``backend_report("cpu", "auto", grad=False)`` the reference for the extension's ops.
+    Values: ``"reference"``, ``"triton"``, ``"extension"`` (the C++/CUDA extension), or ``"unavailable"`` when a requested backend cannot run the op or these inputs
     (calling it raises; the reason is logged once). Loads (and builds) the backends now.
     """
     name = _check_name(backend) if backend is not None else _default_backend
