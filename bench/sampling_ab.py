@@ -21,12 +21,14 @@ reference stepping through the diffusers scheduler with neither the plan nor the
 table and shared CFG halves (the sampling loop before them). A call is the whole ``generate``:
 text encoding (prompt cache cleared), sampling, VAE decoding and the pose outputs.
 
-``--roofline`` adds, to every round, the matrix-rate measurement of the benchmark suite (a
-2048^3 matmul in fp32, median of 3: :func:`bench._common.measure_roofline`'s) and prints each
-implementation's share of it: the reference run's FLOPs (counted from shapes, as the suite's
-sampling benchmark counts them) / the call's time / the rate measured in the same round; the
-median over rounds. On a machine whose speed drifts from minute to minute, a rate measured in the
-same round as the call it divides is the fair ceiling.
+``--roofline`` adds the matrix rate of the benchmark suite (2048^3 fp32 matmuls, as
+:func:`bench._common.measure_roofline` times them) measured around every call: for
+``--rate-seconds`` (default 1 s) before the round's first call and after every call, so each call
+sits between two windows. Each implementation's share is the reference run's FLOPs (counted from
+shapes, as the suite's sampling benchmark counts them) / the call's time / the mean rate of the
+windows on either side of it; the median over rounds. On a machine whose speed drifts from minute
+to minute, a rate measured next to the call it divides, over a comparable time, is the fair
+ceiling (one 0.3 s measurement per round, the first version, moved the shares by +-30%).
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ import time
 
 import torch
 
-from bench._common import _median_seconds, count_flops
+from bench._common import count_flops
 from bench.test_bench_model import _config
 from sald_fast.diffusion import make_scheduler
 from sald_fast.ops import backend_line
@@ -53,7 +55,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--compiled", action="store_true", help="also torch.compile (inductor) of each denoiser")
     p.add_argument("--diffusers-loop", action="store_true", help="also the reference through diffusers' step")
     p.add_argument("--roofline", action="store_true",
-                   help="also measure the matrix rate in every round and print each implementation's share of it")
+                   help="also measure the matrix rate around every call and print each implementation's share of it")
+    p.add_argument("--rate-seconds", type=float, default=1.0,
+                   help="length of each matrix-rate window of --roofline (default 1 s)")
     args = p.parse_args(argv)
 
     cfg = _config(args.preset, False)
@@ -98,14 +102,9 @@ def main(argv: list[str] | None = None) -> int:
     flops = rates = None
     if args.roofline:
         flops = _sampling_flops(models["reference"], text, args.frames, args.steps)
-        rates = []
-    times = {n: [] for n in names}
-    for rep in range(args.reps):
-        for i in range(len(names)):
-            name = names[(rep + i) % len(names)]
-            times[name].append(call(name))
-        if rates is not None:
-            rates.append(matmul_rate())
+        rates = []  # every window, in order
+    times, ceilings = interleave(names, call, args.reps, rates,
+                                 (lambda: matmul_rate(args.rate_seconds)) if rates is not None else None)
     med = {n: statistics.median(v) for n, v in times.items()}
     print(f"{args.preset}, 1 sentence, {args.frames} frames, DDIM-{args.steps}, {torch.get_num_threads()} thread(s), "
           f"{args.reps} interleaved reps")
@@ -115,20 +114,49 @@ def main(argv: list[str] | None = None) -> int:
               + (f", compiled_reference / this = {med['compiled_reference'] / med[n]:.2f}x"
                  if "compiled_reference" in med else ""))
     if rates is not None:
-        print(f"matrix rate (2048^3 fp32 matmul, measured in every round): median {statistics.median(rates):.3f} "
-              f"TFLOP/s (min {min(rates):.3f}, max {max(rates):.3f}); the reference run's FLOPs: {flops / 1e12:.3f} TFLOP")
+        print(f"matrix rate (2048^3 fp32 matmuls for {args.rate_seconds:g} s before and after every call): median "
+              f"{statistics.median(rates):.3f} TFLOP/s (min {min(rates):.3f}, max {max(rates):.3f}) over "
+              f"{len(rates)} windows; the reference run's FLOPs: {flops / 1e12:.3f} TFLOP")
         for n in names:
-            shares = [flops / t / rate / 1e12 for t, rate in zip(times[n], rates)]
-            print(f"  {n:26s} {100 * statistics.median(shares):5.1f}% of the matrix rate (median of the rounds' "
-                  f"shares; min {100 * min(shares):.1f}%, max {100 * max(shares):.1f}%)")
+            shares = [flops / t / rate / 1e12 for t, rate in zip(times[n], ceilings[n])]
+            print(f"  {n:26s} {100 * statistics.median(shares):5.1f}% of the matrix rate (median over calls of "
+                  f"FLOPs / time / the rate around the call; min {100 * min(shares):.1f}%, max {100 * max(shares):.1f}%)")
     return 0
 
 
-def matmul_rate(n: int = 2048, reps: int = 3) -> float:
-    """TFLOP/s of an ``n``^3 fp32 matmul on the CPU, median of ``reps`` after a warm-up call (the
-    suite's matrix rate, timed as :func:`bench._common.measure_roofline` times it)."""
+def interleave(names: list[str], call, reps: int, rates: list[float] | None = None,
+               rate=None) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """``reps`` rounds of ``call(name)`` (returns seconds) over ``names``, round ``r`` starting at
+    ``names[r % len(names)]``. With ``rate`` (returns the matrix rate now), a window is measured
+    before each round's first call and after every call, appended to ``rates``, and each call's
+    ceiling is the mean of the windows on either side of it. Returns (times, ceilings) by name."""
+    times: dict[str, list[float]] = {n: [] for n in names}
+    ceilings: dict[str, list[float]] = {n: [] for n in names}
+    for rep in range(reps):
+        if rate is not None:
+            rates.append(rate())
+        for i in range(len(names)):
+            name = names[(rep + i) % len(names)]
+            times[name].append(call(name))
+            if rate is not None:
+                rates.append(rate())
+                ceilings[name].append((rates[-2] + rates[-1]) / 2)
+    return times, ceilings
+
+
+def matmul_rate(seconds: float = 1.0, n: int = 2048) -> float:
+    """TFLOP/s of ``n``^3 fp32 matmuls on the CPU, run back to back for at least ``seconds`` (and at
+    least two) after a warm-up call: the suite's matrix rate (:func:`bench._common.measure_roofline`'s
+    matmul), over a window as long as asked."""
+    if not seconds > 0:
+        raise ValueError(f"matmul_rate needs seconds > 0, got {seconds}")
     a, b = torch.randn(n, n), torch.randn(n, n)
-    return 2 * n ** 3 / _median_seconds(lambda: a @ b, reps) / 1e12
+    a @ b
+    count, start = 0, time.perf_counter()
+    while count < 2 or time.perf_counter() - start < seconds:
+        a @ b
+        count += 1
+    return 2 * n ** 3 * count / (time.perf_counter() - start) / 1e12
 
 
 def _sampling_flops(model: SignSALD, text: list[str], frames: int, steps: int) -> int:

@@ -86,16 +86,20 @@ def _config(name: str, smoke: bool) -> SALDConfig:
     return cfg
 
 
-def _fast_differs(ops: tuple[str, ...]) -> bool:
-    """Whether backend "auto" runs anything but the reference for ``ops`` on this device."""
+def _fast_differs(ops: tuple[str, ...], grad: bool) -> bool:
+    """Whether backend "auto" runs anything but the reference for ``ops`` on this device, in calls
+    that record autograd (``grad``) or not (auto's choice on the CPU depends on it)."""
     device = torch.device(DEVICE)
-    return any(dispatch.resolve(op, "auto", device) is not dispatch.resolve(op, "reference", device) for op in ops)
+    return any(dispatch.resolve(op, "auto", device, grad=grad) is not dispatch.resolve(op, "reference", device)
+               for op in ops)
 
 
-def _check_impl(impl: str, ops: tuple[str, ...], smoke: bool, compiled_fast_on_cpu: bool = False) -> str:
-    """The ops backend of ``impl``; skips the implementations that do not apply here."""
-    if impl.startswith(("fast", "compiled_fast")) and not _fast_differs(ops):
-        pytest.skip(f"fast = reference on {DEVICE}: no {DEVICE} fast path for {', '.join(ops)}")
+def _check_impl(impl: str, ops: tuple[str, ...], smoke: bool, grad: bool, compiled_fast_on_cpu: bool = False) -> str:
+    """The ops backend of ``impl``, for calls with gradients (``grad``: training) or without;
+    skips the implementations that do not apply here."""
+    if impl.startswith(("fast", "compiled_fast")) and not _fast_differs(ops, grad):
+        pytest.skip(f"fast = reference on {DEVICE} in calls {'with' if grad else 'without'} gradients: "
+                    f"auto runs the reference for {', '.join(ops)}")
     if impl.startswith("compiled_fast") and not CUDA and not (compiled_fast_on_cpu and impl == "compiled_fast"):
         pytest.skip("compiled fast path: CUDA only (on the CPU its compile time would dominate the run)")
     if impl == "compiled_fast_cudagraphs" and not CUDA:
@@ -197,7 +201,7 @@ def _denoiser_shape(smoke: bool) -> tuple[str, int, int]:
 def test_denoiser_forward(timer, smoke, compile_backend, impl):
     """One sampling step's call: text keys/values precomputed (``encode_text``), every frame valid."""
     name, B, frames = _denoiser_shape(smoke)
-    backend = _check_impl(impl, DENOISER_OPS, smoke)
+    backend = _check_impl(impl, DENOISER_OPS, smoke, grad=False)
     cfg = _config(name, smoke)
     module = _model("denoiser", name, backend, smoke)
     net = _callable(module, impl, compile_backend, dynamic=None)  # the object sampling uses too
@@ -232,7 +236,7 @@ def _training_shapes(smoke: bool) -> list[tuple[str, int, int]]:
 @pytest.mark.parametrize("impl", IMPLS)
 def test_denoiser_training_step(timer, smoke, compile_backend, impl, train_shape):
     name, B, frames = train_shape
-    backend = _check_impl(impl, DENOISER_OPS, smoke, compiled_fast_on_cpu=True)
+    backend = _check_impl(impl, DENOISER_OPS, smoke, grad=True, compiled_fast_on_cpu=True)
     cfg = _config(name, smoke)
     diffusion = GaussianDiffusion(cfg.diffusion).to(DEVICE)
 
@@ -258,7 +262,7 @@ def _vae_train_shape(smoke: bool) -> tuple[str, int, int]:
 @pytest.mark.parametrize("impl", IMPLS)
 def test_vae_training_step(timer, smoke, compile_backend, impl):
     name, B, N = _vae_train_shape(smoke)
-    backend = _check_impl(impl, VAE_OPS, smoke)
+    backend = _check_impl(impl, VAE_OPS, smoke, grad=True)
     cfg = _config(name, smoke)
 
     def make_step(module: nn.Module, net):
@@ -278,7 +282,7 @@ def test_vae_training_step(timer, smoke, compile_backend, impl):
 @pytest.mark.parametrize("impl", IMPLS)
 def test_vae_decode(timer, smoke, compile_backend, impl):
     name, B, frames = ("tiny", 1, 2) if smoke else ("paper", 64 if CUDA else 1, 64)
-    backend = _check_impl(impl, VAE_OPS, smoke)
+    backend = _check_impl(impl, VAE_OPS, smoke, grad=False)
     cfg = _config(name, smoke)
     vae = _model("vae", name, backend, smoke)
     decode = compiled(vae.decode, compile_backend) if impl.startswith("compiled") else vae.decode
@@ -312,7 +316,7 @@ def test_sampling(timer, smoke, compile_backend, impl, case):
         pytest.skip("sampling a batch on the CPU: the reference only (the one-sentence cases compare implementations)")
     if impl == "fast_cuda_graph" and not CUDA:
         pytest.skip("the whole-run CUDA graph (generate(cuda_graph=True)) needs a GPU")
-    backend = "auto" if impl == "fast_compiled" else _check_impl(impl, DENOISER_OPS + VAE_OPS, smoke)
+    backend = "auto" if impl == "fast_compiled" else _check_impl(impl, DENOISER_OPS + VAE_OPS, smoke, grad=False)
     cfg = _config(name, smoke)
     pipe = _pipeline(name, "fast" if impl in ("fast_cuda_graph", "fast_compiled") else impl, backend, smoke,
                      compile_backend)
