@@ -2,7 +2,9 @@
 
 - ``DEVICE`` / ``DTYPE``: ``"cuda"`` and bfloat16 when a GPU is there, else ``"cpu"`` and float32.
 - :func:`measure_roofline`: the device's copy bandwidth (GB/s, a large device-to-device copy) and
-  matrix rate (TFLOP/s, a large square matmul in ``DTYPE``), measured once per session.
+  matrix rate (TFLOP/s, a large square matmul in ``DTYPE``), measured at the start of a session;
+  the JSON gets the higher of that and a second measurement at its end (:func:`higher_roofline`),
+  and every share is recomputed against it (:func:`rescale_shares`).
 - :class:`Timer`: pytest-benchmark done right for a device: warm-up (and compilation) outside the
   timed region, a pool of input sets cycled call by call so that their total exceeds twice the
   last-level cache (L2 on a GPU), one device sync closing every round, rounds sized to a time
@@ -29,7 +31,7 @@ import platform
 import statistics
 import subprocess
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Callable, Sequence
 
 import torch
@@ -139,6 +141,27 @@ def measure_roofline(small: bool = False) -> Roofline:
                     dtype=str(DTYPE).replace("torch.", ""), copy_mib=copy_bytes / 2**20, matmul_n=n)
     MEASURED_ROOFLINE[:] = [roof]
     return roof
+
+
+def higher_roofline(first: Roofline, second: Roofline) -> Roofline:
+    """The higher copy bandwidth and the higher matmul rate of two measurements of the same sizes:
+    the ceiling the device reached during a run (a share of a roofline measured in a slow minute
+    can pass 100%)."""
+    if (first.dtype, first.copy_mib, first.matmul_n) != (second.dtype, second.copy_mib, second.matmul_n):
+        raise ValueError(f"rooflines of different sizes or dtypes cannot be combined: {first} and {second}")
+    return replace(first, copy_gbps=max(first.copy_gbps, second.copy_gbps),
+                   matmul_tflops=max(first.matmul_tflops, second.matmul_tflops))
+
+
+def rescale_shares(benchmarks: list[dict[str, Any]], roof: Roofline) -> None:
+    """Recompute every benchmark's ``roofline_pct`` (pytest-benchmark's JSON entries, in place) from
+    its median time, bytes and FLOPs against ``roof``."""
+    for entry in benchmarks:
+        info = entry.get("extra_info", {})
+        median, nbytes, flops = info.get("median_s"), info.get("bytes", 0), info.get("flops", 0)
+        if median and (nbytes or flops):
+            share = max(nbytes / median / 1e9 / roof.copy_gbps, flops / median / 1e12 / roof.matmul_tflops)
+            info["roofline_pct"] = round(100 * share, 1)
 
 
 # ----------------------------------------------------------------------------- inputs

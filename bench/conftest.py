@@ -49,6 +49,13 @@ def timer(benchmark, roofline, smoke) -> common.Timer:
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_benchmark_update_json(config, benchmarks, output_json):
+    # the roofline again at the end of the run: the ceiling is the higher of the two measurements
+    # (one taken in a slow minute put shares above 100%), and every share is recomputed against it
+    if common.MEASURED_ROOFLINE and not common.is_smoke(config):
+        start = common.MEASURED_ROOFLINE[0]
+        roof = common.higher_roofline(start, common.measure_roofline())
+        common.MEASURED_ROOFLINE[:] = [roof]
+        common.rescale_shares(output_json.get("benchmarks", []), roof)
     output_json["sald_fast"] = common.environment()
 
 

@@ -129,7 +129,8 @@ def render_section(data: dict[str, Any], skips: dict[str, int], failed: list[str
     roof = env.get("roofline")
     if roof:
         out.append(f"Roofline (measured): copy {roof['copy_gbps']} GB/s ({roof['copy_mib']:.0f} MiB device copy), "
-                   f"matmul {roof['matmul_tflops']} TFLOP/s ({roof['matmul_n']}^3, {roof['dtype']}).\n\n")
+                   f"matmul {roof['matmul_tflops']} TFLOP/s ({roof['matmul_n']}^3, {roof['dtype']}); each the higher "
+                   f"of the measurements at the start and the end of the run.\n\n")
     if any(reason.startswith("Triton: needs a GPU") for reason in skips):
         out.append("**Triton: needs a GPU.** The Triton kernel benchmarks did not run on this machine.\n\n")
     if groups:

@@ -85,3 +85,20 @@ def test_readme_figures_are_generated_from_results():
     begin, end = readme.index(README_BEGIN), readme.index(README_END) + len(README_END)
     assert readme[begin:end] == readme_block(results), "run: python -m bench.report --readme-only"
     assert resummarize(results) == results, "run: python -m bench.report --readme-only"
+
+
+def test_the_roofline_is_the_higher_of_two_measurements_and_shares_follow_it():
+    from bench._common import Roofline, higher_roofline, rescale_shares
+
+    start = Roofline(copy_gbps=20.0, matmul_tflops=0.1, dtype="float32", copy_mib=128, matmul_n=2048)
+    end = Roofline(copy_gbps=10.0, matmul_tflops=0.2, dtype="float32", copy_mib=128, matmul_n=2048)
+    roof = higher_roofline(start, end)
+    assert (roof.copy_gbps, roof.matmul_tflops) == (20.0, 0.2)
+    with pytest.raises(ValueError, match="different sizes"):
+        higher_roofline(start, Roofline(20.0, 0.1, "float32", 1, 64))
+    # 0.15 TFLOP/s was 150% of the start's matmul rate; against the end's, 75%
+    entries = [{"extra_info": {"median_s": 1.0, "flops": int(0.15e12), "bytes": 0, "roofline_pct": 150.0}},
+               {"extra_info": {"median_s": 0.5, "flops": 0, "bytes": int(5e9), "roofline_pct": 100.0}},
+               {"extra_info": {"median_s": 1.0}}]  # nothing counted: left alone
+    rescale_shares(entries, roof)
+    assert [e["extra_info"].get("roofline_pct") for e in entries] == [75.0, 50.0, None]
