@@ -242,6 +242,8 @@ def readme_block(text: str) -> str:
     command, its roofline, whether Triton ran, and its summary table."""
     out = [README_BEGIN + "\n\n"]
     for section in parse_results(text):
+        if not section["groups"]:  # not a suite run (e.g. bench.sampling_ab --results): not in the README
+            continue
         facts = [line.strip() for line in section["lines"]
                  if line.startswith(("Measured ", "Roofline (measured)", "**Triton: needs a GPU.**"))]
         out.append(" ".join([f"**{section['heading']}**."] + facts) + "\n\n" + summary_table(section["groups"]) + "\n")

@@ -34,12 +34,17 @@ ceiling (one 0.3 s measurement per round, the first version, moved the shares by
 from __future__ import annotations
 
 import argparse
+import datetime
+import os
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
 
-from bench._common import count_flops
+from bench._common import count_flops, environment
+from bench.report import merge_sections
 from bench.test_bench_model import _config
 from sald_fast.diffusion import make_scheduler
 from sald_fast.ops import backend_line
@@ -58,7 +63,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="also measure the matrix rate around every call and print each implementation's share of it")
     p.add_argument("--rate-seconds", type=float, default=1.0,
                    help="length of each matrix-rate window of --roofline (default 1 s)")
+    p.add_argument("--results", type=Path,
+                   help="also write the figures as a section of this results file (e.g. bench/RESULTS.md), "
+                        "replacing the section of the same preset, frames and device")
     args = p.parse_args(argv)
+    command = "python -m bench.sampling_ab " + " ".join(argv if argv is not None else sys.argv[1:])
 
     cfg = _config(args.preset, False)
     models = {}
@@ -106,22 +115,46 @@ def main(argv: list[str] | None = None) -> int:
     times, ceilings = interleave(names, call, args.reps, rates,
                                  (lambda: matmul_rate(args.rate_seconds)) if rates is not None else None)
     med = {n: statistics.median(v) for n, v in times.items()}
-    print(f"{args.preset}, 1 sentence, {args.frames} frames, DDIM-{args.steps}, {torch.get_num_threads()} thread(s), "
-          f"{args.reps} interleaved reps")
+    lines: list[str] = []
+
+    def emit(line: str) -> None:
+        print(line)
+        lines.append(line)
+
+    emit(f"{args.preset}, 1 sentence, {args.frames} frames, DDIM-{args.steps}, {torch.get_num_threads()} thread(s), "
+         f"{args.reps} interleaved reps")
     for n in names:
-        print(f"  {n:26s} median {med[n] * 1e3:8.1f} ms  (min {min(times[n]) * 1e3:.1f}, max {max(times[n]) * 1e3:.1f})"
-              f"  reference / this = {med['reference'] / med[n]:.2f}x"
-              + (f", compiled_reference / this = {med['compiled_reference'] / med[n]:.2f}x"
-                 if "compiled_reference" in med else ""))
+        emit(f"  {n:26s} median {med[n] * 1e3:8.1f} ms  (min {min(times[n]) * 1e3:.1f}, max {max(times[n]) * 1e3:.1f})"
+             f"  reference / this = {med['reference'] / med[n]:.2f}x"
+             + (f", compiled_reference / this = {med['compiled_reference'] / med[n]:.2f}x"
+                if "compiled_reference" in med else ""))
     if rates is not None:
-        print(f"matrix rate (2048^3 fp32 matmuls for {args.rate_seconds:g} s before and after every call): median "
-              f"{statistics.median(rates):.3f} TFLOP/s (min {min(rates):.3f}, max {max(rates):.3f}) over "
-              f"{len(rates)} windows; the reference run's FLOPs: {flops / 1e12:.3f} TFLOP")
+        emit(f"matrix rate (2048^3 fp32 matmuls for {args.rate_seconds:g} s before and after every call): median "
+             f"{statistics.median(rates):.3f} TFLOP/s (min {min(rates):.3f}, max {max(rates):.3f}) over "
+             f"{len(rates)} windows; the reference run's FLOPs: {flops / 1e12:.3f} TFLOP")
         for n in names:
             shares = [flops / t / rate / 1e12 for t, rate in zip(times[n], ceilings[n])]
-            print(f"  {n:26s} {100 * statistics.median(shares):5.1f}% of the matrix rate (median over calls of "
-                  f"FLOPs / time / the rate around the call; min {100 * min(shares):.1f}%, max {100 * max(shares):.1f}%)")
+            emit(f"  {n:26s} {100 * statistics.median(shares):5.1f}% of the matrix rate (median over calls of "
+                 f"FLOPs / time / the rate around the call; min {100 * min(shares):.1f}%, max {100 * max(shares):.1f}%)")
+    if args.results is not None:
+        heading = (f"Sampling, interleaved: {args.preset}, 1 sentence, {args.frames} frames, DDIM-{args.steps} "
+                   f"({environment()['heading']})")
+        write_results(args.results, heading, command, lines)
+        print(f"bench.sampling_ab: wrote the section '{heading}' of {args.results}")
     return 0
+
+
+def write_results(path: Path, heading: str, command: str, lines: list[str]) -> None:
+    """Write ``lines`` (the printed figures) as the section ``## heading`` of the results file at
+    ``path``, replacing a section of that heading (other sections are kept; the file is created
+    if missing). The README's generated figures skip such sections (they have no benchmark groups)."""
+    date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    section = (f"## {heading}\n\nMeasured {date} by `{command}` (implementations round-robin in one "
+               f"process; the target figures of the sampling issue).\n\n```text\n" + "\n".join(lines) + "\n```\n")
+    existing = path.read_text() if path.exists() else ""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(merge_sections(existing, section))
+    os.replace(tmp, path)
 
 
 def interleave(names: list[str], call, reps: int, rates: list[float] | None = None,

@@ -60,3 +60,25 @@ def test_sampling_flops_grow_by_the_same_amount_per_step():
     one, two, three = (sampling_ab._sampling_flops(model, ["a sentence"], 8, n) for n in (1, 2, 3))
     assert one > 0 and two - one > 0
     assert three - two == two - one
+
+
+def test_results_section_is_written_replaced_and_kept_out_of_the_readme(tmp_path):
+    from bench.report import readme_block
+
+    suite = ("# Benchmark results\n\n## CPU: test machine\n\nMeasured 2026-01-01 by `python -m bench.report` in 1.0 min.\n\n"
+             "### op forward\n\nshape\n\n| implementation | median | vs eager | vs torch.compile | GB/s | TFLOP/s | "
+             "roofline | rounds |\n|---|---|---|---|---|---|---|---|\n| reference | 1.00 ms | 1.00x | — | 1.0 | — | "
+             "10.0% | 9 |\n")
+    path = tmp_path / "RESULTS.md"
+    path.write_text(suite)
+    readme_before = readme_block(suite)
+    heading = "Sampling, interleaved: tiny, 1 sentence, 64 frames, DDIM-50 (CPU: test machine)"
+    sampling_ab.write_results(path, heading, "python -m bench.sampling_ab --reps 3", ["first run", "  a 1.0 ms"])
+    sampling_ab.write_results(path, heading, "python -m bench.sampling_ab --reps 3", ["second run", "  a 2.0 ms"])
+    text = path.read_text()
+    assert text.count(f"## {heading}") == 1  # replaced, not appended twice
+    assert "second run" in text and "first run" not in text
+    assert "## CPU: test machine" in text and "| reference | 1.00 ms" in text  # the suite's section is kept
+    assert "by `python -m bench.sampling_ab --reps 3`" in text
+    assert readme_block(text) == readme_before  # the README's generated figures are the suite's alone
+    assert not list(tmp_path.glob("*.tmp"))
