@@ -10,6 +10,7 @@ and prints their medians and ratios::
     python -m bench.sampling_ab --diffusers-loop    # + the reference through diffusers' step
     OMP_NUM_THREADS=1 python -m bench.sampling_ab   # one thread
     python -m bench.sampling_ab --compiled --preset paper --frames 256 --reps 5 --roofline
+    python -m bench.sampling_ab --compiled --reps 9 --results bench/RESULTS.md   # + a section of the results file
 
 ``reference``: backend "reference", eager; ``fast``: backend "auto" (the same weights), eager.
 Both sample from the precomputed plan (no diffusers call per step). ``--compiled`` adds
