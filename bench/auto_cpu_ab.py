@@ -1,7 +1,6 @@
 """``python -m bench.auto_cpu_ab``: the extension's CPU kernels against the reference inside a model run.
 
-``auto``'s CPU choices (``_AUTO_ORDER`` and ``_CPU_EXTENSION_NEEDS_GRAD`` in
-``sald_fast/ops/dispatch.py``) at sampling sizes, in calls without gradients: an op can be faster
+``auto``'s CPU choices (``_AUTO_ORDER`` in ``sald_fast/ops/dispatch.py``) at sampling sizes, in calls without gradients: an op can be faster
 alone and slower inside a run. (Since these A/Bs, ``auto`` runs the extension on the CPU only in
 calls with gradients; the "extension" arm here forces it.) Each workload runs with backend "auto" twice per
 repetition, once with the extension for the op and once without it (the reference), alternating
@@ -29,14 +28,13 @@ from sald_fast.ops import dispatch
 from sald_fast.pipeline import SignSALD
 
 
-def _arms(op: str) -> dict[str, tuple[dict, dict]]:
-    """(``_AUTO_ORDER``, ``_CPU_EXTENSION_NEEDS_GRAD``) for "extension" (the extension for ``op``
-    in every call, with or without gradients) and "reference" (the extension removed from ``op``'s
-    CPU candidates)."""
-    order = dict(dispatch._AUTO_ORDER)
-    order[op] = {**order[op], "cpu_device": tuple(b for b in order[op]["cpu_device"] if b != "cuda")}
-    needs_grad = {k: v for k, v in dispatch._CPU_EXTENSION_NEEDS_GRAD.items() if k != op}
-    return {"extension": (dispatch._AUTO_ORDER, needs_grad), "reference": (order, dispatch._CPU_EXTENSION_NEEDS_GRAD)}
+def _arms(op: str) -> dict[str, dict]:
+    """``_AUTO_ORDER`` for "extension" (the extension for ``op`` in every CPU call, with or without
+    gradients) and "reference" (the extension removed from ``op``'s CPU candidates)."""
+    cpu = tuple(b for b in dispatch._AUTO_ORDER[op]["cpu_device"] if b != "cuda")
+    with_ext = {**dispatch._AUTO_ORDER[op], "cpu_device_no_grad": ("cuda",)}
+    without = {**dispatch._AUTO_ORDER[op], "cpu_device": cpu, "cpu_device_no_grad": cpu}
+    return {"extension": {**dispatch._AUTO_ORDER, op: with_ext}, "reference": {**dispatch._AUTO_ORDER, op: without}}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         "film_residual_layernorm": ("generate one sentence, DDIM-50",
                                     lambda: model.generate(text, num_frames=64, steps=50, seed=0)),
     }
-    original = dispatch._AUTO_ORDER, dispatch._CPU_EXTENSION_NEEDS_GRAD
+    original = dispatch._AUTO_ORDER
     print(f"{torch.get_num_threads()} thread(s), {args.reps} interleaved reps, medians")
     try:
         with torch.no_grad():
@@ -63,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
                 times = {name: [] for name in arms}
                 for rep in range(args.reps):
                     for name in (("extension", "reference") if rep % 2 else ("reference", "extension")):
-                        dispatch._AUTO_ORDER, dispatch._CPU_EXTENSION_NEEDS_GRAD = arms[name]
+                        dispatch._AUTO_ORDER = arms[name]
                         dispatch.clear_auto_choices()
                         model.text_encoder.clear_cache()
                         run()  # warm (and the choices made, so the timed call is steady)
@@ -75,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
                       f"with the reference {med['reference']:.2f} ms (reference / extension = "
                       f"{med['reference'] / med['extension']:.2f}x)")
     finally:
-        dispatch._AUTO_ORDER, dispatch._CPU_EXTENSION_NEEDS_GRAD = original
+        dispatch._AUTO_ORDER = original
         dispatch.clear_auto_choices()
     return 0
 

@@ -47,25 +47,26 @@ _LABELS = {"reference": "the reference", "triton": "Triton", "cuda": "extension"
 # 0.94x over five interleaved runs; FiLM + residual + LayerNorm is ~9% of that step in eager
 # PyTorch), the paper shape (B=4, N'=64) 0.99x; under torch.compile it is neutral (1.00x).
 _AUTO_ORDER = {
-    "film_residual_layernorm": {"cuda_device": ("triton",), "cpu_device": ("cuda",)},
+    "film_residual_layernorm": {"cuda_device": ("triton",), "cpu_device": ("cuda",), "cpu_device_no_grad": ()},
     "temporal_attention": {"cuda_device": ("triton",), "cpu_device": ()},
     "skeletal_attention": {"cuda_device": ("triton",), "cpu_device": ()},
-    "skeletal_graph_conv": {"cuda_device": ("cuda",), "cpu_device": ("cuda",)},
+    "skeletal_graph_conv": {"cuda_device": ("cuda",), "cpu_device": ("cuda",), "cpu_device_no_grad": ()},
 }
-# On the CPU the extension's kernels win where the call records autograd (training) and lose
-# without it (sampling), so `auto` takes them there only for calls with gradients. Interleaved
-# A/Bs, 2 threads, 2026-12-01: the tiny denoiser's training step 0.982x the reference's time with
-# the extension's FiLM + LayerNorm (`python -m bench.training_step_ab --reps 9`), the tiny VAE's
-# training step (B=32, 112 frames) 1.22x faster with its graph convolution (a scratch A/B); but
+# "cpu_device_no_grad": the order on the CPU for calls that do not record autograd (sampling), where
+# it differs from "cpu_device" (then used for calls with gradients, and when it is not known). The
+# extension's CPU kernels win in training and lose in sampling. Interleaved A/Bs, 2 threads,
+# 2026-12-01: the tiny denoiser's training step 0.982x the reference's time with the extension's
+# FiLM + LayerNorm (`python -m bench.training_step_ab --reps 9`), the tiny VAE's training step
+# (B=32, 112 frames) 1.22x faster with its graph convolution (a scratch A/B); but
 # `python -m bench.auto_cpu_ab`, no gradients: generate one sentence 0.94-1.00x (FiLM + LayerNorm),
-# decode one sentence 0.59-0.73x (graph convolution; 1.31x with one thread).
-_CPU_EXTENSION_NEEDS_GRAD = {
+# decode one sentence 0.59-0.73x (graph convolution; 1.31x with one thread). Why, per op (logged
+# once at INFO when a candidate is left out for that reason):
+_NO_GRAD_REASONS = {
     "film_residual_layernorm": "slower than the reference in calls without gradients (sampling: "
                                "0.94-1.00x in python -m bench.auto_cpu_ab)",
     "skeletal_graph_conv": "slower than the reference in calls without gradients (decoding: 0.59-0.73x "
                            "in python -m bench.auto_cpu_ab, 2 threads)",
 }
-
 
 
 class Inputs(NamedTuple):
@@ -248,15 +249,26 @@ def _choose(op: str, name: str, device_type: str | Inputs) -> str:
         return "reference"
     if name == "auto":
         skipped = []
-        for candidate in _AUTO_ORDER[op]["cuda_device" if device_type == "cuda" else "cpu_device"]:
+        order = _AUTO_ORDER[op]
+        candidates = order["cuda_device" if device_type == "cuda" else "cpu_device"]
+        if device_type == "cpu" and inputs.grad is False and "cpu_device_no_grad" in order:
+            left_out = []  # the ones that could run here, left out for speed; unavailable ones are reported as such
+            for candidate in candidates:
+                if candidate not in order["cpu_device_no_grad"]:
+                    reason = _unusable(op, candidate, device_type)
+                    if reason is None:
+                        left_out.append(candidate)
+                    else:
+                        skipped.append((candidate, reason, "unavailable"))
+            candidates = order["cpu_device_no_grad"]
+            if left_out and not torch.compiler.is_compiling():  # a measured preference, not a fault: INFO
+                why = _NO_GRAD_REASONS.get(op, "measured slower there")
+                _note(op, "auto", device_type, why,
+                      f"auto: {op} on cpu uses {_LABELS[candidates[0]] if candidates else 'the reference'} for "
+                      f"calls without gradients: the {', '.join(_LABELS[c] for c in left_out)} is {why}",
+                      level=logging.INFO)
+        for candidate in candidates:
             reason = _unusable(op, candidate, device_type)
-            if reason is None and candidate == "cuda" and device_type == "cpu" and inputs.grad is False \
-                    and op in _CPU_EXTENSION_NEEDS_GRAD:
-                if not torch.compiler.is_compiling():  # a measured preference, not a fault: INFO
-                    _note(op, "auto", device_type, _CPU_EXTENSION_NEEDS_GRAD[op],
-                          f"auto: {op} on cpu uses the reference for calls without gradients: the "
-                          f"{_LABELS[candidate]} is {_CPU_EXTENSION_NEEDS_GRAD[op]}", level=logging.INFO)
-                continue
             if reason is None:
                 reason = _unsupported(op, candidate, inputs)
                 if reason is None:
