@@ -10,10 +10,15 @@ wrapper per step, which on a 2-core CPU was ~0.2 ms of each tiny-preset step (10
 sentence). :class:`AOTDecoder` does the same for the VAE decode of the sampled latents, with the
 number of latent frames a dynamic dimension (one library for every length >= 3).
 
-The weights are inputs of a library, not constants baked into it, so a library depends only on
-the model config, the input shapes and the code: it is written once to :func:`cache_dir` and
-serves every checkpoint of that config (no recompile after training or loading new weights).
-Every other call -- with gradients enabled, without a text context or FiLM row, on a non-CPU
+By default a denoiser library of a model of width >= 128 (the paper preset's is 256) has its weights
+baked in as constants (``freeze``): Inductor's freezing passes then run its linear layers as oneDNN
+matmuls on weights packed once at compile time, with the bias, GELU and residual adds fused into
+them, which made a paper-preset step 1.06-1.19x and a width-128 one 1.07x faster than weights
+passed as inputs (MKL ``addmm``, whose bias is first copied into the output), and a tiny-preset
+step (width 64) 0.85-0.92x as fast (docs/DESIGN.md, Sampling). Such a library serves one set of weights: its cache key holds
+a digest of them. Otherwise the weights are inputs of the library, so it depends only on the model
+config, the input shapes and the code: it is written once to :func:`cache_dir` and serves every
+checkpoint of that config (no recompile after training or loading new weights). Every other call -- with gradients enabled, without a text context or FiLM row, on a non-CPU
 tensor -- runs the eager copy of the module.
 """
 
@@ -35,7 +40,7 @@ from torch import nn
 
 from .denoiser import TextContext
 
-__all__ = ["AOTDenoiser", "AOTDecoder", "cache_dir"]
+__all__ = ["AOTDenoiser", "AOTDecoder", "cache_dir", "default_freeze"]
 
 _log = logging.getLogger(__name__)
 # environment variables that change what Inductor generates (read when a library is compiled)
@@ -84,12 +89,19 @@ class _FlatForward(nn.Module):
     ``guided``: the classifier-free-guidance step of :func:`sald_fast.diffusion._guided` in one
     library: z_t, t, lengths of the B samples and a 0-d ``guidance`` in, the conditional and
     unconditional halves built and run (as shared halves), and the guided prediction
-    ``eps_u + guidance * (eps_c - eps_u)`` (B, ...) float32 out."""
+    ``eps_u + guidance * (eps_c - eps_u)`` (B, ...) float32 out.
+
+    ``frozen``: the denoiser is a submodule and ``names`` is ignored, so the export sees its
+    weights as parameters (constants of the library) and no weight inputs follow."""
 
     def __init__(self, denoiser: nn.Module, names: list[str], num_keys: int, num_values: int, has_mask: bool,
-                 has_lengths: bool, shared_halves: bool, guided: bool) -> None:
+                 has_lengths: bool, shared_halves: bool, guided: bool, frozen: bool = False) -> None:
         super().__init__()
-        object.__setattr__(self, "denoiser", denoiser)
+        if frozen:  # the weights are the module's own: export makes them constants of the library
+            self.denoiser = denoiser
+            names = []
+        else:
+            object.__setattr__(self, "denoiser", denoiser)
         self.names, self.num_keys, self.num_values = names, num_keys, num_values
         self.has_mask, self.has_lengths, self.shared_halves, self.guided = has_mask, has_lengths, shared_halves, guided
 
@@ -129,20 +141,25 @@ class AOTDenoiser:
     8.5% slower than the static library at the paper preset's 64 latent frames (docs/DESIGN.md),
     so not the default. ``autotune``: Inductor's ``max_autotune``
     (benchmarks its C++ GEMM templates for the attention matmuls: slower to compile, faster to
-    run). Attributes not defined here (``encode_text``, ``film_parameters``, ``config`` ...) are
-    the copy's.
+    run). ``freeze``: the weights are constants of the library (see the module docstring; a
+    library per set of weights, about 1.8x the compile time); None (default): :func:`default_freeze`
+    of the config. Attributes not defined here (``encode_text``, ``film_parameters``, ``config``
+    ...) are the copy's.
     """
 
     def __init__(self, denoiser: nn.Module, autotune: bool = True, cache: str | os.PathLike | None = None,
-                 dynamic_frames: bool = False) -> None:
+                 dynamic_frames: bool = False, freeze: bool | None = None) -> None:
         module = copy.deepcopy(denoiser).eval().requires_grad_(False)
         self.dynamic_frames = bool(dynamic_frames)
+        self.freeze = default_freeze(module.config) if freeze is None else bool(freeze)
         if hasattr(module, "backend"):
             module.backend = "reference"
         self.module = module
         self.autotune = bool(autotune)
         self.cache = Path(cache) if cache is not None else None
         self._names, self._weights = _state(module)
+        # what follows the inputs in a library call: the weights, or nothing when they are constants
+        self._weight_inputs = [] if self.freeze else self._weights
         self._runners: dict[tuple, object] = {}
 
     def __getattr__(self, name: str):
@@ -169,7 +186,7 @@ class AOTDenoiser:
         self.module._check_film(film, shared_halves, z_t.shape[0], z_t.device)
         head, tail = self._flatten([z_t, t, film], lengths, text_context)
         flat = head + tail
-        return self._runner(flat, (bool(shared_halves), False), text_context, lengths)(flat + self._weights)
+        return self._runner(flat, (bool(shared_halves), False), text_context, lengths)(flat + self._weight_inputs)
 
     def guided_prediction(self, z_t: torch.Tensor, t: torch.Tensor, lengths: torch.Tensor | None,
                           text_context: TextContext, film: torch.Tensor, guidance: float) -> torch.Tensor:
@@ -214,7 +231,7 @@ class AOTDenoiser:
         scale = torch.tensor(float(guidance), dtype=torch.float32)
         head, tail = self._flatten([z_t, t, film[:1], scale], lengths, text_context)
         runner = self._runner(head + tail, (True, True), text_context, lengths)
-        tail = tail + self._weights
+        tail = tail + self._weight_inputs
         film, t0 = film.contiguous(), t
 
         def step(z: torch.Tensor, t: torch.Tensor, i: int) -> torch.Tensor:
@@ -254,12 +271,31 @@ class AOTDenoiser:
     # ------------------------------------------------------------------ compile / load
 
     def _load(self, signature: tuple, inputs: list[torch.Tensor], flags: tuple):
-        flat = _FlatForward(self.module, self._names, *flags)
+        flat = _FlatForward(self.module, self._names, *flags, frozen=self.freeze)
         dynamic = None
         if signature[len(flags)][0][1] is None:  # N' dynamic
             dynamic = {0: {1: torch.export.Dim("latent_frames", min=2, max=self.module.config.max_latent_frames)}}
         return _library("denoiser", self.module, self._names, self._weights, signature, flat, inputs, self.autotune,
-                        self.cache, dynamic_shapes=dynamic)
+                        self.cache, dynamic_shapes=dynamic, frozen=self.freeze)
+
+
+def default_freeze(config) -> bool:
+    """Whether :class:`AOTDenoiser` bakes the weights of a denoiser with this
+    :class:`~sald_fast.config.DenoiserConfig` into its libraries by default: for ``dim >= 128``.
+    Measured on a 2-core Zen 4 (docs/DESIGN.md, Sampling): a step of the paper preset (width 256)
+    1.06-1.19x faster frozen, of the paper preset at width 128 1.07x, of the tiny preset (width
+    64, K = 64 GEMMs, where oneDNN's per-call cost shows) 0.85-0.92x."""
+    return int(getattr(config, "dim", 0)) >= 128
+
+
+def _weights_digest(weights: list[torch.Tensor]) -> str:
+    """A sha256 of the weights' values, dtypes and shapes: the cache key of a frozen library."""
+    h = hashlib.sha256()
+    for w in weights:
+        w = w.detach().cpu().contiguous()
+        h.update(f"{w.dtype}{tuple(w.shape)}".encode())
+        h.update(w.reshape(-1).view(torch.uint8).numpy().tobytes() if w.numel() else b"")
+    return h.hexdigest()
 
 
 def _state(module: nn.Module) -> tuple[list[str], list[torch.Tensor]]:
@@ -272,9 +308,11 @@ def _state(module: nn.Module) -> tuple[list[str], list[torch.Tensor]]:
 
 def _library(kind: str, module: nn.Module, names: list[str], weights: list[torch.Tensor], signature: tuple,
              flat: nn.Module, inputs: list[torch.Tensor], autotune: bool, cache: Path | None,
-             dynamic_shapes=None):
-    """The compiled library of ``flat`` for ``inputs`` (+ the weights): loaded from the cache folder,
-    or exported, compiled and written there first (atomically). Returns ``run(flat_inputs) -> output``."""
+             dynamic_shapes=None, frozen: bool = False):
+    """The compiled library of ``flat`` for ``inputs`` (+ the weights, unless ``frozen``: then they
+    are constants of the library, and Inductor's freezing passes run): loaded from the cache
+    folder, or exported, compiled and written there first (atomically). Returns
+    ``run(flat_inputs) -> output``."""
     folder = cache if cache is not None else cache_dir()
     config = getattr(module, "config", None)
     described = {
@@ -290,6 +328,8 @@ def _library(kind: str, module: nn.Module, names: list[str], weights: list[torch
         "code": _source_digest(),
         "env": _compile_env(),
     }
+    if frozen:
+        described["frozen_weights"] = _weights_digest(weights)
     key = hashlib.sha256(json.dumps(described, sort_keys=True, default=str).encode()).hexdigest()[:32]
     path = folder / f"{kind}-{key}.pt2"
     if not path.is_file():
@@ -299,14 +339,16 @@ def _library(kind: str, module: nn.Module, names: list[str], weights: list[torch
                   kind, [tuple(x.shape) for x in inputs], folder)
         # forward(*flat): one spec per input (``dynamic_shapes`` maps an input's index to its
         # dynamic dims), the weights static
+        args = inputs if frozen else inputs + weights
         shapes = None if dynamic_shapes is None else \
-            (tuple(dynamic_shapes.get(i) for i in range(len(inputs))) + (None,) * len(weights),)
+            (tuple(dynamic_shapes.get(i) for i in range(len(args))),)
         with torch.no_grad():
-            program = torch.export.export(flat, tuple(inputs + weights), dynamic_shapes=shapes, strict=False)
+            program = torch.export.export(flat, tuple(args), dynamic_shapes=shapes, strict=False)
             tmp = path.with_name(f"{path.stem}.tmp{os.getpid()}.pt2")
             try:
                 torch._inductor.aoti_compile_and_package(program, package_path=str(tmp),
-                                                         inductor_configs={"max_autotune": autotune})
+                                                         inductor_configs={"max_autotune": autotune,
+                                                                           "freezing": frozen})
                 os.replace(tmp, path)  # atomic: a killed compile leaves no half-written library
             finally:
                 tmp.unlink(missing_ok=True)

@@ -330,7 +330,8 @@ class SignSALD(nn.Module):
 
         On the CPU an :class:`~sald_fast.aot.AOTDenoiser`: the sampler's call compiled
         ahead of time by AOTInductor, one library per input shape, kept on disk
-        (:func:`~sald_fast.aot.cache_dir`) and shared by every checkpoint of the config;
+        (:func:`~sald_fast.aot.cache_dir`) and shared by every checkpoint of the config (for a
+        width >= 128 the weights are baked in: one library per checkpoint, :func:`~sald_fast.aot.default_freeze`);
         a step is one C++ call (no Dynamo guard or wrapper per step). Elsewhere ``torch.compile``
         of the copy (Inductor defaults; static shapes, see :func:`compile_bucket`).
 

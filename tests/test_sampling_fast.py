@@ -262,7 +262,7 @@ def test_aot_denoiser_equals_eager_and_is_reused_for_new_weights(tmp_path, monke
         eps_c, eps_u = eps.chunk(2)
         return eps_u + guidance * (eps_c - eps_u)
 
-    first = aot.AOTDenoiser(den, autotune=False, cache=tmp_path, dynamic_frames=True)
+    first = aot.AOTDenoiser(den, autotune=False, cache=tmp_path, dynamic_frames=True, freeze=False)
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for guidance in (1.5, 3.0):  # a tensor input: one library
@@ -285,12 +285,66 @@ def test_aot_denoiser_equals_eager_and_is_reused_for_new_weights(tmp_path, monke
             p.add_(0.1 * torch.randn_like(p))
     monkeypatch.setattr(torch._inductor, "aoti_compile_and_package",
                         lambda *a, **k: pytest.fail("compiled again for new weights"))
-    second = aot.AOTDenoiser(other, autotune=False, cache=tmp_path, dynamic_frames=True)
+    second = aot.AOTDenoiser(other, autotune=False, cache=tmp_path, dynamic_frames=True, freeze=False)
     _, _, _, context2, film2 = _sampler_inputs(other)
     with torch.no_grad():
         got = second.guided_prediction(z, t, lengths, context2, film2, 1.5)
     _close(got, eager(other, context2, film2, 1.5))
     assert not torch.allclose(got, eager(den, context, film, 1.5))
+
+
+def test_default_freeze_follows_the_width():
+    """Weights are baked into the library by default from a width of 128 (the paper preset's is
+    256), not at the tiny preset's (64): the rule the A/Bs in docs/DESIGN.md measured."""
+    from sald_fast.aot import AOTDenoiser, default_freeze
+
+    assert default_freeze(preset("paper").denoiser) and not default_freeze(preset("tiny").denoiser)
+    assert default_freeze(DenoiserConfig(dim=128)) and not default_freeze(DenoiserConfig(dim=96))
+    assert not AOTDenoiser(_denoiser()).freeze and AOTDenoiser(_denoiser(), freeze=True).freeze
+
+
+@pytest.mark.slow
+def test_aot_denoiser_with_frozen_weights_equals_eager_and_is_compiled_per_weights(tmp_path, monkeypatch):
+    """freeze=True: the library (weights as constants, Inductor's freezing passes) gives the eager
+    guided step (fp32, 1e-5 of the scale) for two guidance values and through guided_steps; a copy
+    with the same weights loads it from the cache, a model with other weights never does (it
+    compiles its own)."""
+    from sald_fast import aot
+
+    den = _denoiser()
+    z, t, lengths, context, film = _sampler_inputs(den)
+
+    def eager(model, guidance, context=context, film=film, z=z, t=t):
+        with torch.no_grad():
+            eps = model(torch.cat([z, z]), torch.cat([t, t]), lengths=torch.cat([lengths, lengths]),
+                        text_context=context, film=film, shared_halves=True).float()
+        eps_c, eps_u = eps.chunk(2)
+        return eps_u + guidance * (eps_c - eps_u)
+
+    first = aot.AOTDenoiser(den, autotune=False, cache=tmp_path, freeze=True)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for guidance in (1.5, 3.0):
+            _close(first.guided_prediction(z, t, lengths, context, film, guidance), eager(den, guidance))
+        table = den.film_parameters(torch.tensor([900, 100]))
+        step = first.guided_steps(z, t, lengths, context, table, 2.5)
+        for i, ti in enumerate((900, 100)):
+            zi, tt = torch.randn(z.shape, generator=g), torch.full_like(t, ti)
+            _close(step(zi, tt, i), eager(den, 2.5, film=table[i:i + 1], z=zi, t=tt))
+    assert len(list(tmp_path.glob("*.pt2"))) == 1
+
+    def compile_again(*args, **kwargs):
+        raise RuntimeError("compiled again")
+
+    monkeypatch.setattr(torch._inductor, "aoti_compile_and_package", compile_again)
+    same = aot.AOTDenoiser(den, autotune=False, cache=tmp_path, freeze=True)
+    with torch.no_grad():
+        _close(same.guided_prediction(z, t, lengths, context, film, 1.5), eager(den, 1.5))  # loaded, not compiled
+        other = _denoiser()
+        next(other.parameters()).add_(0.01)  # one weight differs
+        with pytest.raises(RuntimeError, match="compiled again"):
+            aot.AOTDenoiser(other, autotune=False, cache=tmp_path, freeze=True).guided_prediction(
+                z, t, lengths, context, film, 1.5)
 
 
 @pytest.mark.slow
