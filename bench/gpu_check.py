@@ -239,7 +239,7 @@ def _device_line() -> str:
 
 def write_section(results: Path, device: str, rows: list[tuple[str, int, str, float]], total_s: float) -> None:
     """Merge the "GPU check" section (one row per stage) into ``results``."""
-    from bench.report import merge_sections
+    from bench.report import merge_sections, write_atomic
 
     when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     lines = [f"## GPU check: {device.split(' (')[0]}\n\n",
@@ -249,7 +249,7 @@ def write_section(results: Path, device: str, rows: list[tuple[str, int, str, fl
         verdict = "ok" if rc == 0 else f"FAILED (exit {rc})"
         lines.append(f"| {stage} | {verdict}: {summary} | {seconds:.0f} s |\n")
     existing = results.read_text() if results.exists() else ""
-    results.write_text(merge_sections(existing, "".join(lines) + "\n"))
+    write_atomic(results, merge_sections(existing, "".join(lines) + "\n"))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -260,11 +260,23 @@ def update_readme(readme: str, block: str, name: str = "README.md") -> str:
     return readme[:begin] + block + readme[end + len(README_END):]
 
 
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file beside it and ``os.replace``: a run
+    killed mid-write leaves the old file whole, never half of the new one."""
+    path = Path(path)
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def write_readme(results: Path, readme: Path) -> None:
     """Re-derive ``results``' summary tables and rewrite ``readme``'s generated section from it."""
     text = resummarize(results.read_text())
-    results.write_text(text)
-    readme.write_text(update_readme(readme.read_text(), readme_block(text), str(readme)))
+    write_atomic(results, text)
+    write_atomic(readme, update_readme(readme.read_text(), readme_block(text), str(readme)))
     print(f"bench.report: rewrote the benchmark section of {readme} from {results}")
 
 
@@ -307,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
     section = render_section(data, collector.skips, collector.failed, command, wall)
     existing = args.out.read_text() if args.out.exists() else ""
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(merge_sections(existing, section))
+    write_atomic(args.out, merge_sections(existing, section))
     print(f"bench.report: wrote the '{section.splitlines()[0][3:]}' section of {args.out} "
           f"({len(data.get('benchmarks', []))} benchmarks, {wall / 60:.1f} min)")
     if args.readme.exists():

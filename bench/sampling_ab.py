@@ -45,7 +45,7 @@ from pathlib import Path
 import torch
 
 from bench._common import count_flops, environment
-from bench.report import merge_sections
+from bench.report import merge_sections, write_atomic
 from bench.test_bench_model import _config
 from sald_fast.diffusion import make_scheduler
 from sald_fast.ops import backend_line
@@ -153,9 +153,7 @@ def write_results(path: Path, heading: str, command: str, lines: list[str]) -> N
     section = (f"## {heading}\n\nMeasured {date} by `{command}` (implementations round-robin in one "
                f"process; the target figures of the sampling issue).\n\n```text\n" + "\n".join(lines) + "\n```\n")
     existing = path.read_text() if path.exists() else ""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(merge_sections(existing, section))
-    os.replace(tmp, path)
+    write_atomic(path, merge_sections(existing, section))
 
 
 def interleave(names: list[str], call, reps: int, rates: list[float] | None = None,

@@ -102,3 +102,23 @@ def test_the_roofline_is_the_higher_of_two_measurements_and_shares_follow_it():
                {"extra_info": {"median_s": 1.0}}]  # nothing counted: left alone
     rescale_shares(entries, roof)
     assert [e["extra_info"].get("roofline_pct") for e in entries] == [75.0, 50.0, None]
+
+
+def test_write_atomic_leaves_the_old_file_whole_when_the_write_fails(tmp_path, monkeypatch):
+    """A write that dies (killed, disk full) leaves the previous file as it was and no temporary file."""
+    from bench import report
+
+    target = tmp_path / "RESULTS.md"
+    report.write_atomic(target, "old\n")
+    assert target.read_text() == "old\n"
+
+    def fail(self, text, *args, **kwargs):  # half the text written, then the disk is full
+        with open(self, "w") as f:
+            f.write(text[: len(text) // 2])
+        raise OSError("disk full")
+
+    monkeypatch.setattr(Path, "write_text", fail)
+    with pytest.raises(OSError, match="disk full"):
+        report.write_atomic(target, "new\n")
+    monkeypatch.undo()
+    assert target.read_text() == "old\n" and sorted(p.name for p in tmp_path.iterdir()) == ["RESULTS.md"]
