@@ -134,6 +134,21 @@ def test_auto_fallback_logs_the_reason_once(caplog, no_extension):
     assert "cuda" not in ops.available_backends("skeletal_graph_conv")
 
 
+def test_no_grad_notice_names_what_actually_runs(caplog, fresh_notes, monkeypatch):
+    """When the no-grad order's own candidate cannot run either, the INFO notice names the
+    implementation that does (the reference here), not the order's first entry."""
+    if not dispatch._try_load("cuda"):
+        pytest.skip("the C++ extension does not build here")
+    caplog.set_level(logging.INFO, logger="sald_fast.ops")
+    op = "skeletal_graph_conv"
+    monkeypatch.setitem(dispatch._AUTO_ORDER, op, {"cuda_device": ("cuda",), "cpu_device": ("cuda",),
+                                                    "cpu_device_no_grad": ("triton",)})  # Triton has no CPU kernels
+    assert dispatch.resolve(op, "auto", torch.device("cpu"), grad=False) is dispatch._IMPLS[op]["reference"]
+    notice = [r.getMessage() for r in _ops_records(caplog) if "without gradients" in r.getMessage()]
+    assert len(notice) == 1 and notice[0].startswith(f"auto: {op} on cpu uses the reference for calls without "
+                                                     "gradients: the extension is"), notice
+
+
 def test_auto_on_the_cpu_runs_the_extension_only_in_calls_with_gradients(caplog, fresh_notes):
     """Measured: the extension's CPU kernels win in training steps and lose in sampling, so auto
     picks them per call by whether the call records autograd, and says why once."""

@@ -248,11 +248,10 @@ def _choose(op: str, name: str, device_type: str | Inputs) -> str:
     if name == "reference":
         return "reference"
     if name == "auto":
-        skipped = []
+        skipped, left_out = [], []  # left_out: usable here, left out for speed (calls without gradients)
         order = _AUTO_ORDER[op]
         candidates = order["cuda_device" if device_type == "cuda" else "cpu_device"]
         if device_type == "cpu" and inputs.grad is False and "cpu_device_no_grad" in order:
-            left_out = []  # the ones that could run here, left out for speed; unavailable ones are reported as such
             for candidate in candidates:
                 if candidate not in order["cpu_device_no_grad"]:
                     reason = _unusable(op, candidate, device_type)
@@ -261,12 +260,6 @@ def _choose(op: str, name: str, device_type: str | Inputs) -> str:
                     else:
                         skipped.append((candidate, reason, "unavailable"))
             candidates = order["cpu_device_no_grad"]
-            if left_out and not torch.compiler.is_compiling():  # a measured preference, not a fault: INFO
-                why = _NO_GRAD_REASONS.get(op, "measured slower there")
-                _note(op, "auto", device_type, why,
-                      f"auto: {op} on cpu uses {_LABELS[candidates[0]] if candidates else 'the reference'} for "
-                      f"calls without gradients: the {', '.join(_LABELS[c] for c in left_out)} is {why}",
-                      level=logging.INFO)
         for candidate in candidates:
             reason = _unusable(op, candidate, device_type)
             if reason is None:
@@ -280,6 +273,11 @@ def _choose(op: str, name: str, device_type: str | Inputs) -> str:
         else:
             chosen = "reference"
         if not torch.compiler.is_compiling():  # no logging (nor message formatting) at trace time
+            if left_out:  # a measured preference, not a fault: INFO, naming what actually runs
+                why = _NO_GRAD_REASONS.get(op, "measured slower there")
+                _note(op, "auto", device_type, why,
+                      f"auto: {op} on cpu uses {_LABELS[chosen]} for calls without gradients: the "
+                      f"{', '.join(_LABELS[c] for c in left_out)} is {why}", level=logging.INFO)
             for candidate, reason, what in skipped:
                 _note(op, "auto", device_type, reason,
                       f"auto: {op} on {device_type} uses {_LABELS[chosen]}: {_LABELS[candidate]} {what} "
