@@ -1,10 +1,11 @@
 """``python -m bench.auto_cpu_ab``: the extension's CPU kernels against the reference inside a model run.
 
-``auto``'s CPU choices (``_AUTO_ORDER`` in ``sald_fast/ops/dispatch.py``) at sampling sizes, in calls without gradients: an op can be faster
-alone and slower inside a run. (Since these A/Bs, ``auto`` runs the extension on the CPU only in
-calls with gradients; the "extension" arm here forces it.) Each workload runs with backend "auto" twice per
-repetition, once with the extension for the op and once without it (the reference), alternating
-which goes first; medians are printed::
+``auto``'s CPU choices (``_AUTO_ORDER`` in ``sald_fast/ops/dispatch.py``) at sampling sizes, in
+calls without gradients: an op can be faster alone and slower inside a run. (Since these A/Bs,
+``auto`` runs the extension on the CPU only in calls with gradients; the "extension" arm here
+forces it.) Each workload runs with backend "auto" twice per repetition, once with the extension
+for the op and once without it (the reference), alternating which goes first; medians are
+printed::
 
     python -m bench.auto_cpu_ab                 # both workloads below, 2 threads (the default)
     python -m bench.auto_cpu_ab --reps 30

@@ -261,15 +261,11 @@ def update_readme(readme: str, block: str, name: str = "README.md") -> str:
 
 
 def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file beside it and ``os.replace``: a run
-    killed mid-write leaves the old file whole, never half of the new one."""
-    path = Path(path)
-    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    """Write ``text`` to ``path`` with :func:`sald_fast.checkpoint.atomic_write_bytes` (a temporary
+    file beside it, fsync, ``os.replace``): a run killed mid-write leaves the old file whole."""
+    from sald_fast.checkpoint import atomic_write_bytes  # torch: imported only when writing
+
+    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def write_readme(results: Path, readme: Path) -> None:

@@ -10,15 +10,17 @@ wrapper per step, which on a 2-core CPU was ~0.2 ms of each tiny-preset step (10
 sentence). :class:`AOTDecoder` does the same for the VAE decode of the sampled latents, with the
 number of latent frames a dynamic dimension (one library for every length >= 3).
 
-By default a denoiser library of a model of width >= 128 (the paper preset's is 256) has its weights
-baked in as constants (``freeze``): Inductor's freezing passes then run its linear layers as oneDNN
-matmuls on weights packed once at compile time, with the bias, GELU and residual adds fused into
-them, which made a paper-preset step 1.06-1.19x and a width-128 one 1.07x faster than weights
-passed as inputs (MKL ``addmm``, whose bias is first copied into the output), and a tiny-preset
-step (width 64) 0.85-0.92x as fast (docs/DESIGN.md, Sampling). Such a library serves one set of weights: its cache key holds
-a digest of them. Otherwise the weights are inputs of the library, so it depends only on the model
-config, the input shapes and the code: it is written once to :func:`cache_dir` and serves every
-checkpoint of that config (no recompile after training or loading new weights). Every other call -- with gradients enabled, without a text context or FiLM row, on a non-CPU
+By default a denoiser library of a model of width >= 128 (the paper preset's is 256) has its
+weights baked in as constants (``freeze``): Inductor's freezing passes then run its linear layers
+as oneDNN matmuls on weights packed once at compile time, with the bias, GELU and residual adds
+fused into them, which made a paper-preset step 1.06-1.19x and a width-128 one 1.07x faster than
+weights passed as inputs (MKL ``addmm``, whose bias is first copied into the output), and a
+tiny-preset step (width 64) 0.85-0.92x as fast (docs/DESIGN.md, Sampling). Such a library serves
+one set of weights: its cache key holds a digest of them. Otherwise the weights are inputs of the
+library, so it depends only on the model config, the input shapes and the code: it is written
+once to :func:`cache_dir` and serves every checkpoint of that config (no recompile after training
+or loading new weights). Every other call -- with gradients enabled, without a text context or
+FiLM row, on a non-CPU
 tensor -- runs the eager copy of the module.
 """
 
@@ -160,6 +162,7 @@ class AOTDenoiser:
         self._names, self._weights = _state(module)
         # what follows the inputs in a library call: the weights, or nothing when they are constants
         self._weight_inputs = [] if self.freeze else self._weights
+        self._weights_key: str | None = None  # frozen: the digest of the weights, taken on first compile/load
         self._runners: dict[tuple, object] = {}
 
     def __getattr__(self, name: str):
@@ -275,8 +278,10 @@ class AOTDenoiser:
         dynamic = None
         if signature[len(flags)][0][1] is None:  # N' dynamic
             dynamic = {0: {1: torch.export.Dim("latent_frames", min=2, max=self.module.config.max_latent_frames)}}
+        if self.freeze and self._weights_key is None:  # once per copy (the copy's weights never change)
+            self._weights_key = _weights_digest(self._weights)
         return _library("denoiser", self.module, self._names, self._weights, signature, flat, inputs, self.autotune,
-                        self.cache, dynamic_shapes=dynamic, frozen=self.freeze)
+                        self.cache, dynamic_shapes=dynamic, frozen_weights=self._weights_key)
 
 
 def default_freeze(config) -> bool:
@@ -308,11 +313,12 @@ def _state(module: nn.Module) -> tuple[list[str], list[torch.Tensor]]:
 
 def _library(kind: str, module: nn.Module, names: list[str], weights: list[torch.Tensor], signature: tuple,
              flat: nn.Module, inputs: list[torch.Tensor], autotune: bool, cache: Path | None,
-             dynamic_shapes=None, frozen: bool = False):
-    """The compiled library of ``flat`` for ``inputs`` (+ the weights, unless ``frozen``: then they
-    are constants of the library, and Inductor's freezing passes run): loaded from the cache
-    folder, or exported, compiled and written there first (atomically). Returns
-    ``run(flat_inputs) -> output``."""
+             dynamic_shapes=None, frozen_weights: str | None = None):
+    """The compiled library of ``flat`` for ``inputs`` (+ the weights, unless ``frozen_weights``,
+    the weights' :func:`_weights_digest`, is given: then they are constants of the library, and
+    Inductor's freezing passes run): loaded from the cache folder, or exported, compiled and
+    written there first (atomically). Returns ``run(flat_inputs) -> output``."""
+    frozen = frozen_weights is not None
     folder = cache if cache is not None else cache_dir()
     config = getattr(module, "config", None)
     described = {
@@ -329,7 +335,7 @@ def _library(kind: str, module: nn.Module, names: list[str], weights: list[torch
         "env": _compile_env(),
     }
     if frozen:
-        described["frozen_weights"] = _weights_digest(weights)
+        described["frozen_weights"] = frozen_weights
     key = hashlib.sha256(json.dumps(described, sort_keys=True, default=str).encode()).hexdigest()[:32]
     path = folder / f"{kind}-{key}.pt2"
     if not path.is_file():

@@ -112,12 +112,10 @@ def test_write_atomic_leaves_the_old_file_whole_when_the_write_fails(tmp_path, m
     report.write_atomic(target, "old\n")
     assert target.read_text() == "old\n"
 
-    def fail(self, text, *args, **kwargs):  # half the text written, then the disk is full
-        with open(self, "w") as f:
-            f.write(text[: len(text) // 2])
+    def fail(fd):  # the new text written, then the disk is full before it reaches it
         raise OSError("disk full")
 
-    monkeypatch.setattr(Path, "write_text", fail)
+    monkeypatch.setattr("sald_fast.checkpoint.os.fsync", fail)
     with pytest.raises(OSError, match="disk full"):
         report.write_atomic(target, "new\n")
     monkeypatch.undo()
