@@ -144,7 +144,7 @@ class AOTDenoiser:
     so not the default. ``autotune``: Inductor's ``max_autotune``
     (benchmarks its C++ GEMM templates for the attention matmuls: slower to compile, faster to
     run). ``freeze``: the weights are constants of the library (see the module docstring; a
-    library per set of weights, about 1.8x the compile time); None (default): :func:`default_freeze`
+    library per set of weights, up to about twice the compile time); None (default): :func:`default_freeze`
     of the config. Attributes not defined here (``encode_text``, ``film_parameters``, ``config``
     ...) are the copy's.
     """
