@@ -19,9 +19,10 @@ tiny-preset step (width 64) 0.85-0.92x as fast (docs/DESIGN.md, Sampling). Such 
 one set of weights: its cache key holds a digest of them. Otherwise the weights are inputs of the
 library, so it depends only on the model config, the input shapes and the code: it is written
 once to :func:`cache_dir` and serves every checkpoint of that config (no recompile after training
-or loading new weights). Every other call -- with gradients enabled, without a text context or
-FiLM row, on a non-CPU
-tensor -- runs the eager copy of the module.
+or loading new weights). The cache is bounded (:func:`cache_limit_bytes`): each compile
+ends by deleting the least recently used libraries beyond it (:func:`prune_cache`). Every other
+call -- with gradients enabled, without a text context or FiLM row, on a non-CPU tensor -- runs
+the eager copy of the module.
 """
 
 from __future__ import annotations
@@ -42,11 +43,15 @@ from torch import nn
 
 from .denoiser import TextContext
 
-__all__ = ["AOTDenoiser", "AOTDecoder", "cache_dir", "default_freeze"]
+__all__ = ["AOTDenoiser", "AOTDecoder", "cache_dir", "cache_limit_bytes", "default_freeze", "prune_cache"]
 
 _log = logging.getLogger(__name__)
 # environment variables that change what Inductor generates (read when a library is compiled)
 _ENV_PREFIXES = ("TORCHINDUCTOR_", "TORCHDYNAMO_", "TORCH_COMPILE_")
+# the cache's default bound: ~30 frozen paper-preset libraries (~60 MB each) or ~250 tiny ones
+DEFAULT_CACHE_LIMIT_MB = 2048
+# a compile's temporary file older than this is left over from a killed process
+_STALE_TEMP_SECONDS = 3600.0
 
 
 def cache_dir() -> Path:
@@ -57,6 +62,82 @@ def cache_dir() -> Path:
         return Path(root) / "aoti"
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "sald_fast" / "aoti"
+
+
+def cache_limit_bytes() -> int | None:
+    """The most bytes of libraries :func:`cache_dir` keeps: ``$SALD_FAST_CACHE_MAX_MB`` megabytes
+    (``0``: no limit), else :data:`DEFAULT_CACHE_LIMIT_MB` (2048). A library is ~8 MB at the tiny
+    preset and ~60 MB frozen at the paper preset (one per checkpoint). ``ValueError`` naming the
+    variable when it is not a whole number >= 0."""
+    raw = os.environ.get("SALD_FAST_CACHE_MAX_MB")
+    if raw is None or not raw.strip():
+        return DEFAULT_CACHE_LIMIT_MB * 2 ** 20
+    try:
+        mb = int(raw)
+    except ValueError:
+        mb = -1
+    if mb < 0:
+        raise ValueError(f"SALD_FAST_CACHE_MAX_MB must be a whole number of megabytes >= 0 (0: no limit), got {raw!r}")
+    return None if mb == 0 else mb * 2 ** 20
+
+
+def prune_cache(max_bytes: int | None = None, folder: str | os.PathLike | None = None,
+                keep: tuple[str | os.PathLike, ...] = ()) -> list[Path]:
+    """Delete the least recently used compiled libraries (``*.pt2`` in ``folder``, default
+    :func:`cache_dir`) until the rest total at most ``max_bytes`` (default: :func:`cache_limit_bytes`,
+    which may be no limit), never a path in ``keep``; and a compile's temporary files left by a
+    killed process (older than an hour). A library's use time is its modification time, which loading it
+    renews. Returns the deleted paths. Runs after every compile, so the cache stays bounded; a
+    library deleted while another process still needs it is compiled again there."""
+    if max_bytes is None:
+        max_bytes = cache_limit_bytes()
+    elif not isinstance(max_bytes, int) or isinstance(max_bytes, bool) or max_bytes < 0:
+        raise ValueError(f"max_bytes must be an int >= 0 or None, got {max_bytes!r}")
+    folder = Path(folder) if folder is not None else cache_dir()
+    if not folder.is_dir():
+        return []
+    kept = {Path(k).resolve() for k in keep}
+    now, removed, libraries = time.time(), [], []
+    for path in folder.glob("*.pt2"):
+        try:
+            stat = path.stat()
+        except FileNotFoundError:  # removed meanwhile by another process
+            continue
+        if ".tmp" in path.stem:
+            if now - stat.st_mtime > _STALE_TEMP_SECONDS and _unlink(path):
+                removed.append(path)
+        else:
+            libraries.append((stat.st_mtime, stat.st_size, path))
+    total = sum(size for _, size, _ in libraries)
+    for _, size, path in sorted(libraries, key=lambda item: (item[0], str(item[2]))):  # oldest use first
+        if max_bytes is None or total <= max_bytes:
+            break
+        if path.resolve() in kept:
+            continue
+        if _unlink(path):
+            removed.append(path)
+        total -= size
+    if removed:
+        _log.info("pruned %d file(s) from the compiled-library cache %s (limit %s)", len(removed), folder,
+                  "none" if max_bytes is None else f"{max_bytes / 2 ** 20:.0f} MB")
+    return removed
+
+
+def _unlink(path: Path) -> bool:
+    try:
+        path.unlink()
+        return True
+    except FileNotFoundError:
+        return False
+
+
+def _touch(path: Path) -> None:
+    """Mark a library as just used (its modification time: what :func:`prune_cache` reads).
+    A read-only cache keeps its times."""
+    try:
+        os.utime(path)
+    except OSError:
+        pass
 
 
 @functools.lru_cache(maxsize=1)
@@ -338,33 +419,49 @@ def _library(kind: str, module: nn.Module, names: list[str], weights: list[torch
         described["frozen_weights"] = frozen_weights
     key = hashlib.sha256(json.dumps(described, sort_keys=True, default=str).encode()).hexdigest()[:32]
     path = folder / f"{kind}-{key}.pt2"
-    if not path.is_file():
-        folder.mkdir(parents=True, exist_ok=True)
-        start = time.perf_counter()
-        _log.info("compiling the %s for input shapes %s with AOTInductor (once per shape and machine; kept in %s)",
-                  kind, [tuple(x.shape) for x in inputs], folder)
-        # forward(*flat): one spec per input (``dynamic_shapes`` maps an input's index to its
-        # dynamic dims), the weights static
-        args = inputs if frozen else inputs + weights
-        shapes = None if dynamic_shapes is None else \
-            (tuple(dynamic_shapes.get(i) for i in range(len(args))),)
-        with torch.no_grad():
-            program = torch.export.export(flat, tuple(args), dynamic_shapes=shapes, strict=False)
-            tmp = path.with_name(f"{path.stem}.tmp{os.getpid()}.pt2")
-            try:
-                torch._inductor.aoti_compile_and_package(program, package_path=str(tmp),
-                                                         inductor_configs={"max_autotune": autotune,
-                                                                           "freezing": frozen})
-                os.replace(tmp, path)  # atomic: a killed compile leaves no half-written library
-            finally:
-                tmp.unlink(missing_ok=True)
-        _log.info("compiled in %.1f s: %s", time.perf_counter() - start, path)
-    package = torch._inductor.aoti_load_package(str(path))
+    cache_limit_bytes()  # a bad SALD_FAST_CACHE_MAX_MB fails here, not after a compile
+    for attempt in (0, 1):
+        if not path.is_file():
+            _compile(kind, path, flat, inputs, [] if frozen else weights, dynamic_shapes, autotune, frozen)
+            prune_cache(folder=folder, keep=(path,))
+        else:
+            _touch(path)
+        try:
+            package = torch._inductor.aoti_load_package(str(path))
+            break
+        except Exception:
+            if attempt or path.is_file():
+                raise
+            _log.info("%s was deleted before it was loaded (pruned by another process); compiling it again", path)
     loader = getattr(package, "loader", None)
     if loader is not None and hasattr(loader, "boxed_run"):
         run = loader.boxed_run  # one C++ call on the flat list (the package's __call__ re-flattens a pytree)
         return lambda flat_inputs: run(flat_inputs)[0]
     return lambda flat_inputs: package(*flat_inputs)
+
+
+def _compile(kind: str, path: Path, flat: nn.Module, inputs: list[torch.Tensor], weights: list[torch.Tensor],
+             dynamic_shapes, autotune: bool, frozen: bool) -> None:
+    """Export ``flat`` on ``inputs + weights`` and compile it with AOTInductor into the package ``path``
+    (written atomically: a killed compile leaves no half-written library)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    _log.info("compiling the %s for input shapes %s with AOTInductor (once per shape and machine; kept in %s)",
+              kind, [tuple(x.shape) for x in inputs], path.parent)
+    args = inputs + weights
+    # forward(*flat): one spec per input (``dynamic_shapes`` maps an input's index to its
+    # dynamic dims), the weights static
+    shapes = None if dynamic_shapes is None else (tuple(dynamic_shapes.get(i) for i in range(len(args))),)
+    with torch.no_grad():
+        program = torch.export.export(flat, tuple(args), dynamic_shapes=shapes, strict=False)
+        tmp = path.with_name(f"{path.stem}.tmp{os.getpid()}.pt2")
+        try:
+            torch._inductor.aoti_compile_and_package(program, package_path=str(tmp),
+                                                     inductor_configs={"max_autotune": autotune, "freezing": frozen})
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+    _log.info("compiled in %.1f s: %s", time.perf_counter() - start, path)
 
 
 class _DecodeLatents(nn.Module):

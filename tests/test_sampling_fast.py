@@ -412,3 +412,97 @@ def test_aot_cache_key_covers_every_source_file_and_the_inductor_environment(mon
     monkeypatch.setenv("UNRELATED_VARIABLE", "1")
     env = aot._compile_env()
     assert env.get("TORCHINDUCTOR_MAX_AUTOTUNE") == "0" and "UNRELATED_VARIABLE" not in env
+
+
+def _fake_library(path, size: int, age_s: float) -> None:
+    import os
+    import time
+    path.write_bytes(b"\0" * size)
+    then = time.time() - age_s
+    os.utime(path, (then, then))
+
+
+def test_prune_cache_deletes_the_least_recently_used_libraries_first(tmp_path):
+    """Libraries go oldest use first until the rest fit; a kept path stays whatever its age; a
+    compile's temporary file goes once it is over an hour old; other files are not touched."""
+    from sald_fast.aot import prune_cache
+
+    for name, age in (("denoiser-a", 400), ("denoiser-b", 300), ("decoder-c", 200), ("denoiser-d", 100)):
+        _fake_library(tmp_path / f"{name}.pt2", 100, age)
+    _fake_library(tmp_path / "denoiser-e.tmp123.pt2", 100, 7200)  # left by a killed compile
+    _fake_library(tmp_path / "denoiser-f.tmp456.pt2", 100, 10)  # a compile running now
+    _fake_library(tmp_path / "notes.txt", 1000, 9999)
+    removed = prune_cache(max_bytes=250, folder=tmp_path, keep=(tmp_path / "denoiser-a.pt2",))
+    assert sorted(p.name for p in removed) == ["decoder-c.pt2", "denoiser-b.pt2", "denoiser-e.tmp123.pt2"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["denoiser-a.pt2", "denoiser-d.pt2",
+                                                          "denoiser-f.tmp456.pt2", "notes.txt"]
+    assert prune_cache(max_bytes=1000, folder=tmp_path) == []  # within the limit: nothing
+    assert prune_cache(folder=tmp_path / "missing") == []
+    with pytest.raises(ValueError, match="max_bytes"):
+        prune_cache(max_bytes=-5, folder=tmp_path)
+
+
+def test_cache_limit_comes_from_the_environment(monkeypatch):
+    from sald_fast import aot
+
+    monkeypatch.delenv("SALD_FAST_CACHE_MAX_MB", raising=False)
+    assert aot.cache_limit_bytes() == aot.DEFAULT_CACHE_LIMIT_MB * 2 ** 20
+    monkeypatch.setenv("SALD_FAST_CACHE_MAX_MB", "100")
+    assert aot.cache_limit_bytes() == 100 * 2 ** 20
+    monkeypatch.setenv("SALD_FAST_CACHE_MAX_MB", "0")
+    assert aot.cache_limit_bytes() is None
+    for bad in ("-3", "lots", "1.5"):
+        monkeypatch.setenv("SALD_FAST_CACHE_MAX_MB", bad)
+        with pytest.raises(ValueError, match="SALD_FAST_CACHE_MAX_MB"):
+            aot.cache_limit_bytes()
+
+
+def test_a_compile_prunes_the_cache_and_a_load_renews_the_use_time(tmp_path, monkeypatch):
+    """After a compile the cache is cut to its limit (the new library kept), a load marks the
+    library as just used, a bad limit fails before compiling, and a library deleted by another
+    process between the check and the load is compiled again."""
+    import os
+    import types
+
+    from sald_fast import aot
+
+    compiled, loads = [], []
+
+    def fake_compile(kind, path, *args):
+        compiled.append(path)
+        _fake_library(path, 2 ** 20, 0)
+
+    def fake_load(path):
+        loads.append(path)
+        if not os.path.exists(path):
+            raise RuntimeError(f"no such package {path}")
+        return types.SimpleNamespace(loader=types.SimpleNamespace(boxed_run=lambda flat: [flat[0]]))
+
+    monkeypatch.setattr(aot, "_compile", fake_compile)
+    monkeypatch.setattr(torch._inductor, "aoti_load_package", fake_load)
+    monkeypatch.setenv("SALD_FAST_CACHE_MAX_MB", "2")
+    for name, age in (("denoiser-old", 300), ("denoiser-newer", 200)):
+        _fake_library(tmp_path / f"{name}.pt2", 2 ** 20, age)
+    den = _denoiser()
+    z, t, lengths, context, film = _sampler_inputs(den)
+    with torch.no_grad():
+        aot.AOTDenoiser(den, cache=tmp_path, freeze=False).guided_prediction(z, t, lengths, context, film, 1.5)
+    (library,) = compiled
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["denoiser-newer.pt2", library.name])
+
+    _fake_library(library, 2 ** 20, 500)  # used long ago: a load renews it
+    with torch.no_grad():
+        aot.AOTDenoiser(den, cache=tmp_path, freeze=False).guided_prediction(z, t, lengths, context, film, 1.5)
+    assert len(compiled) == 1 and library.stat().st_mtime > (tmp_path / "denoiser-newer.pt2").stat().st_mtime
+
+    real_touch = aot._touch
+    monkeypatch.setattr(aot, "_touch", lambda path: (real_touch(path), path.unlink()))  # pruned right after the check
+    with torch.no_grad():
+        aot.AOTDenoiser(den, cache=tmp_path, freeze=False).guided_prediction(z, t, lengths, context, film, 1.5)
+    assert compiled == [library, library] and library.is_file()
+
+    monkeypatch.setenv("SALD_FAST_CACHE_MAX_MB", "plenty")
+    library.unlink()
+    with torch.no_grad(), pytest.raises(ValueError, match="SALD_FAST_CACHE_MAX_MB"):
+        aot.AOTDenoiser(den, cache=tmp_path, freeze=False).guided_prediction(z, t, lengths, context, film, 1.5)
+    assert len(compiled) == 2

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import inspect
 import json
-import os
 import warnings
 from pathlib import Path
 from typing import Any, Sequence
@@ -45,6 +44,7 @@ from typing import Any, Sequence
 import torch
 from tqdm.auto import tqdm
 
+from ..checkpoint import atomic_write_bytes
 from .metrics import bleu4, dtw_mje, fid, frechet_distance, gaussian_stats, mpjpe, rouge_l
 from .models import PoseEvaluator, WordTokenizer
 
@@ -471,19 +471,13 @@ def format_table(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n" + note
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def write_results(results: dict[str, Any], run_dir: str | Path) -> tuple[Path, Path]:
     """Write ``eval.json`` and ``eval.md`` into ``run_dir`` (atomically); returns both paths."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     js, md = run_dir / "eval.json", run_dir / "eval.md"
-    _atomic_write(js, json.dumps(results, indent=2) + "\n")
-    _atomic_write(md, "# Evaluation\n\n" + format_table(results) + "\n")
+    atomic_write_bytes(js, (json.dumps(results, indent=2) + "\n").encode())
+    atomic_write_bytes(md, ("# Evaluation\n\n" + format_table(results) + "\n").encode())
     return js, md
 
 
