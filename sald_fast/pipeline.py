@@ -273,7 +273,7 @@ class SignSALD(nn.Module):
         :func:`compile_bucket` so that one compiled library serves every length in a bucket, and
         the text padded to ``config.text.max_tokens``. The first call per (batch, bucket) on a
         machine compiles (one to two minutes on a 2-core CPU; kept on disk for later processes
-        and checkpoints), later ones run 2.5-3x faster than eager on a CPU at the tiny preset
+        and checkpoints), later ones run 2.4-3x faster than eager on a CPU at the tiny preset
         (README, Benchmarks). Same seed -> the same output as without it, to float rounding.
         """
         texts = validate_texts(texts)
