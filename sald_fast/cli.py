@@ -4,6 +4,7 @@
     sald-fast generate "where is the library?" --checkpoint RUN --out where.pose
     sald-fast generate "where is the library?" --checkpoint RUN --out where.mp4 --smplx-model SMPLX_NEUTRAL.npz
     sald-fast evaluate --checkpoint RUN
+    sald-fast cache [--prune | --clear]
 
 Both first print which implementation each op runs (:func:`print_backend_line`, e.g. ``ops on cpu
 (backend auto): film_residual_layernorm=extension ...``); ``--backend`` picks the
@@ -11,7 +12,9 @@ Both first print which implementation each op runs (:func:`print_backend_line`, 
 the inputs, falling back to the reference with the reason logged once). ``generate
 --cuda-graph`` captures the whole sampling run as one CUDA graph and replays it (CUDA only). Any problem with the
 input (missing or corrupted checkpoint, checkpoint from another skeleton, empty text, unknown
-scheduler) prints one line ``error: ...`` and exits with code 2.
+scheduler) prints one line ``error: ...`` and exits with code 2. ``cache`` shows the folder of
+compiled sampling libraries (``generate(compile=True)`` on the CPU, :mod:`sald_fast.aot`), its size
+and bound; ``--prune`` cuts it to the bound now, ``--clear`` deletes every library.
 """
 
 from __future__ import annotations
@@ -144,7 +147,7 @@ _BACKEND_HELP = ("sald_fast.ops backend (default auto: per call the fastest impl
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``sald-fast`` argument parser (sub-commands ``generate`` and ``evaluate``)."""
+    """The ``sald-fast`` argument parser (sub-commands ``generate``, ``evaluate`` and ``cache``)."""
     p = argparse.ArgumentParser(prog="sald-fast", description="Sign-SALD: text to sign-language poses.")
     sub = p.add_subparsers(dest="command", required=True)
     g = sub.add_parser("generate", help="generate poses (.npz) and an animation (.mp4/.gif) for a text")
@@ -180,7 +183,35 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--device", default=None)
     e.add_argument("--backend", default=DEFAULT_BACKEND, choices=BACKENDS, help=_BACKEND_HELP)
     e.add_argument("--quiet", action="store_true")
+    c = sub.add_parser("cache", help="show (or prune, or clear) the disk cache of compiled sampling libraries")
+    action = c.add_mutually_exclusive_group()
+    action.add_argument("--prune", action="store_true",
+                        help="delete the least recently used libraries beyond the limit (SALD_FAST_CACHE_MAX_MB)")
+    action.add_argument("--clear", action="store_true", help="delete every compiled library")
     return p
+
+
+def _cache(args: argparse.Namespace) -> int:
+    """``sald-fast cache``: print the library folder, its size and its limit (after pruning or
+    clearing it when asked)."""
+    from .aot import cache_dir, cache_limit_bytes, prune_cache
+
+    folder, limit = cache_dir(), cache_limit_bytes()
+    if args.clear or args.prune:
+        removed = prune_cache(max_bytes=0 if args.clear else limit, folder=folder)
+        print(f"deleted {len(removed)} file(s)")
+    libraries = sorted(folder.glob("*.pt2")) if folder.is_dir() else []
+    total = sum(p.stat().st_size for p in libraries)
+    kinds = {}
+    for p in libraries:
+        kind = p.name.split("-", 1)[0]
+        kinds[kind] = kinds.get(kind, 0) + 1
+    mb = 2 ** 20
+    print(f"compiled libraries in {folder}: {len(libraries)}"
+          + (f" ({', '.join(f'{n} {k}' for k, n in sorted(kinds.items()))})" if kinds else "")
+          + f", {total / mb:.1f} MB; limit {'none' if limit is None else f'{limit / mb:.0f} MB'} "
+          "(SALD_FAST_CACHE_MAX_MB)")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -188,7 +219,8 @@ def main(argv: list[str] | None = None) -> int:
     (0, or 2 with one ``error: ...`` line on stderr for bad input)."""
     args = build_parser().parse_args(argv)
     try:
-        return _generate(args) if args.command == "generate" else _evaluate(args)
+        commands = {"generate": _generate, "evaluate": _evaluate, "cache": _cache}
+        return commands[args.command](args)
     except (ValueError, FileNotFoundError, KeyError, OSError) as exc:
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         print(f"error: {msg}", file=sys.stderr)

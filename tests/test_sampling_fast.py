@@ -506,3 +506,28 @@ def test_a_compile_prunes_the_cache_and_a_load_renews_the_use_time(tmp_path, mon
     with torch.no_grad(), pytest.raises(ValueError, match="SALD_FAST_CACHE_MAX_MB"):
         aot.AOTDenoiser(den, cache=tmp_path, freeze=False).guided_prediction(z, t, lengths, context, film, 1.5)
     assert len(compiled) == 2
+
+
+def test_cache_command_shows_prunes_and_clears(tmp_path, monkeypatch, capsys):
+    """``sald-fast cache`` reports the libraries and the limit without touching them, ``--prune``
+    cuts to the limit (oldest use first), ``--clear`` deletes every library, and a bad limit is one
+    error line with exit code 2."""
+    from sald_fast.cli import main
+
+    monkeypatch.setenv("SALD_FAST_CACHE", str(tmp_path))
+    monkeypatch.setenv("SALD_FAST_CACHE_MAX_MB", "2")
+    folder = tmp_path / "aoti"
+    folder.mkdir()
+    for name, age in (("denoiser-a", 300), ("denoiser-b", 200), ("decoder-c", 100)):
+        _fake_library(folder / f"{name}.pt2", 2 ** 20, age)
+    assert main(["cache"]) == 0
+    out = capsys.readouterr().out
+    assert "3 (1 decoder, 2 denoiser), 3.0 MB; limit 2 MB" in out and len(list(folder.iterdir())) == 3
+    assert main(["cache", "--prune"]) == 0
+    assert "deleted 1 file(s)" in capsys.readouterr().out
+    assert sorted(p.name for p in folder.iterdir()) == ["decoder-c.pt2", "denoiser-b.pt2"]
+    assert main(["cache", "--clear"]) == 0
+    assert "deleted 2 file(s)" in capsys.readouterr().out and list(folder.iterdir()) == []
+    monkeypatch.setenv("SALD_FAST_CACHE_MAX_MB", "big")
+    assert main(["cache"]) == 2
+    assert capsys.readouterr().err.startswith("error: SALD_FAST_CACHE_MAX_MB")
