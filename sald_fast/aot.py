@@ -84,11 +84,12 @@ def cache_limit_bytes() -> int | None:
 def prune_cache(max_bytes: int | None = None, folder: str | os.PathLike | None = None,
                 keep: tuple[str | os.PathLike, ...] = ()) -> list[Path]:
     """Delete the least recently used compiled libraries (``*.pt2`` in ``folder``, default
-    :func:`cache_dir`) until the rest total at most ``max_bytes`` (default: :func:`cache_limit_bytes`,
-    which may be no limit), never a path in ``keep``; and a compile's temporary files left by a
-    killed process (older than an hour). A library's use time is its modification time, which loading it
-    renews. Returns the deleted paths. Runs after every compile, so the cache stays bounded; a
-    library deleted while another process still needs it is compiled again there."""
+    :func:`cache_dir`) until the rest total at most ``max_bytes`` (default:
+    :func:`cache_limit_bytes`, which may be no limit), never a path in ``keep``; and a compile's
+    temporary files left by a killed process (older than an hour). A library's use time is its
+    modification time, which loading it renews. Returns the deleted paths. Runs after every
+    compile, so the cache stays bounded; a library deleted while another process still needs it is
+    compiled again there."""
     if max_bytes is None:
         max_bytes = cache_limit_bytes()
     elif not isinstance(max_bytes, int) or isinstance(max_bytes, bool) or max_bytes < 0:

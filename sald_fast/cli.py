@@ -200,14 +200,18 @@ def _cache(args: argparse.Namespace) -> int:
     if args.clear or args.prune:
         removed = prune_cache(max_bytes=0 if args.clear else limit, folder=folder)
         print(f"deleted {len(removed)} file(s)")
-    libraries = sorted(folder.glob("*.pt2")) if folder.is_dir() else []
-    total = sum(p.stat().st_size for p in libraries)
-    kinds = {}
-    for p in libraries:
+    total, kinds = 0, {}
+    for p in sorted(folder.glob("*.pt2")) if folder.is_dir() else []:
+        if ".tmp" in p.stem:  # a compile in progress
+            continue
+        try:
+            total += p.stat().st_size
+        except FileNotFoundError:  # pruned meanwhile by another process
+            continue
         kind = p.name.split("-", 1)[0]
         kinds[kind] = kinds.get(kind, 0) + 1
     mb = 2 ** 20
-    print(f"compiled libraries in {folder}: {len(libraries)}"
+    print(f"compiled libraries in {folder}: {sum(kinds.values())}"
           + (f" ({', '.join(f'{n} {k}' for k, n in sorted(kinds.items()))})" if kinds else "")
           + f", {total / mb:.1f} MB; limit {'none' if limit is None else f'{limit / mb:.0f} MB'} "
           "(SALD_FAST_CACHE_MAX_MB)")
