@@ -43,7 +43,8 @@ from torch import nn
 
 from .denoiser import TextContext
 
-__all__ = ["AOTDenoiser", "AOTDecoder", "cache_dir", "cache_limit_bytes", "default_freeze", "prune_cache"]
+__all__ = ["AOTDenoiser", "AOTDecoder", "cache_dir", "cache_libraries", "cache_limit_bytes", "default_freeze",
+           "prune_cache"]
 
 _log = logging.getLogger(__name__)
 # environment variables that change what Inductor generates (read when a library is compiled)
@@ -95,22 +96,12 @@ def prune_cache(max_bytes: int | None = None, folder: str | os.PathLike | None =
     elif not isinstance(max_bytes, int) or isinstance(max_bytes, bool) or max_bytes < 0:
         raise ValueError(f"max_bytes must be an int >= 0 or None, got {max_bytes!r}")
     folder = Path(folder) if folder is not None else cache_dir()
-    if not folder.is_dir():
-        return []
     kept = {Path(k).resolve() for k in keep}
-    now, removed, libraries = time.time(), [], []
-    for path in folder.glob("*.pt2"):
-        try:
-            stat = path.stat()
-        except FileNotFoundError:  # removed meanwhile by another process
-            continue
-        if ".tmp" in path.stem:
-            if now - stat.st_mtime > _STALE_TEMP_SECONDS and _unlink(path):
-                removed.append(path)
-        else:
-            libraries.append((stat.st_mtime, stat.st_size, path))
+    libraries, temps = _scan(folder)
+    now = time.time()
+    removed = [path for mtime, path in temps if now - mtime > _STALE_TEMP_SECONDS and _unlink(path)]
     total = sum(size for _, size, _ in libraries)
-    for _, size, path in sorted(libraries, key=lambda item: (item[0], str(item[2]))):  # oldest use first
+    for _, size, path in libraries:  # oldest use first
         if max_bytes is None or total <= max_bytes:
             break
         if path.resolve() in kept:
@@ -122,6 +113,30 @@ def prune_cache(max_bytes: int | None = None, folder: str | os.PathLike | None =
         _log.info("pruned %d file(s) from the compiled-library cache %s (limit %s)", len(removed), folder,
                   "none" if max_bytes is None else f"{max_bytes / 2 ** 20:.0f} MB")
     return removed
+
+
+def cache_libraries(folder: str | os.PathLike | None = None) -> list[tuple[Path, int]]:
+    """The compiled libraries in ``folder`` (default :func:`cache_dir`) as (path, bytes), least
+    recently used first; compiles in progress are not listed."""
+    libraries, _ = _scan(Path(folder) if folder is not None else cache_dir())
+    return [(path, size) for _, size, path in libraries]
+
+
+def _scan(folder: Path) -> tuple[list[tuple[float, int, Path]], list[tuple[float, Path]]]:
+    """The libraries of ``folder`` as (use time, bytes, path), oldest use first, and the compile
+    temporaries as (modification time, path). Files deleted meanwhile are skipped."""
+    libraries, temps = [], []
+    for path in folder.glob("*.pt2") if folder.is_dir() else ():
+        try:
+            stat = path.stat()
+        except FileNotFoundError:  # removed meanwhile by another process
+            continue
+        if ".tmp" in path.stem:  # a compile's temporary: {kind}-{key}.tmp{pid}.pt2
+            temps.append((stat.st_mtime, path))
+        else:
+            libraries.append((stat.st_mtime, stat.st_size, path))
+    libraries.sort(key=lambda item: (item[0], str(item[2])))
+    return libraries, temps
 
 
 def _unlink(path: Path) -> bool:

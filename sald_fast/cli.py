@@ -194,24 +194,20 @@ def build_parser() -> argparse.ArgumentParser:
 def _cache(args: argparse.Namespace) -> int:
     """``sald-fast cache``: print the library folder, its size and its limit (after pruning or
     clearing it when asked)."""
-    from .aot import cache_dir, cache_limit_bytes, prune_cache
+    from .aot import cache_dir, cache_libraries, cache_limit_bytes, prune_cache
 
     folder, limit = cache_dir(), cache_limit_bytes()
     if args.clear or args.prune:
         removed = prune_cache(max_bytes=0 if args.clear else limit, folder=folder)
         print(f"deleted {len(removed)} file(s)")
-    total, kinds = 0, {}
-    for p in sorted(folder.glob("*.pt2")) if folder.is_dir() else []:
-        if ".tmp" in p.stem:  # a compile in progress
-            continue
-        try:
-            total += p.stat().st_size
-        except FileNotFoundError:  # pruned meanwhile by another process
-            continue
-        kind = p.name.split("-", 1)[0]
+    libraries = cache_libraries(folder)
+    total = sum(size for _, size in libraries)
+    kinds = {}
+    for path, _ in libraries:
+        kind = path.name.split("-", 1)[0]
         kinds[kind] = kinds.get(kind, 0) + 1
     mb = 2 ** 20
-    print(f"compiled libraries in {folder}: {sum(kinds.values())}"
+    print(f"compiled libraries in {folder}: {len(libraries)}"
           + (f" ({', '.join(f'{n} {k}' for k, n in sorted(kinds.items()))})" if kinds else "")
           + f", {total / mb:.1f} MB; limit {'none' if limit is None else f'{limit / mb:.0f} MB'} "
           "(SALD_FAST_CACHE_MAX_MB)")

@@ -425,7 +425,7 @@ def _fake_library(path, size: int, age_s: float) -> None:
 def test_prune_cache_deletes_the_least_recently_used_libraries_first(tmp_path):
     """Libraries go oldest use first until the rest fit; a kept path stays whatever its age; a
     compile's temporary file goes once it is over an hour old; other files are not touched."""
-    from sald_fast.aot import prune_cache
+    from sald_fast.aot import cache_libraries, prune_cache
 
     for name, age in (("denoiser-a", 400), ("denoiser-b", 300), ("decoder-c", 200), ("denoiser-d", 100)):
         _fake_library(tmp_path / f"{name}.pt2", 100, age)
@@ -436,6 +436,8 @@ def test_prune_cache_deletes_the_least_recently_used_libraries_first(tmp_path):
     assert sorted(p.name for p in removed) == ["decoder-c.pt2", "denoiser-b.pt2", "denoiser-e.tmp123.pt2"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["denoiser-a.pt2", "denoiser-d.pt2",
                                                           "denoiser-f.tmp456.pt2", "notes.txt"]
+    assert [(p.name, size) for p, size in cache_libraries(tmp_path)] == [("denoiser-a.pt2", 100),
+                                                                          ("denoiser-d.pt2", 100)]  # oldest use first
     assert prune_cache(max_bytes=1000, folder=tmp_path) == []  # within the limit: nothing
     assert prune_cache(folder=tmp_path / "missing") == []
     with pytest.raises(ValueError, match="max_bytes"):
