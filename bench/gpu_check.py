@@ -8,17 +8,21 @@ On a machine with a CUDA GPU it
 1. installs the missing pure-Python dependencies from ``--install-from DIR`` (default
    ``bench/wheels`` when it exists; ``pip install --no-index --find-links DIR``), then checks that
    every module the check imports is there (naming what is missing and how to get it);
-2. runs the GPU correctness tests (:data:`GPU_TESTS`: the compiled Triton kernels in fp32 / bf16 /
-   fp16 against the reference, the C++/CUDA extension, ``torch.compile`` of the models, and a whole
-   sampling run captured as a CUDA graph and replayed against the eager run), with Triton's
-   interpreter off;
-3. runs the quick benchmark report (``python -m bench.report --quick -k`` :data:`BENCH_SELECTION`)
-   and adds a "GPU check" section (test outcomes, times, versions) to ``bench/RESULTS.md``.
+2. runs the GPU correctness tests (:data:`GPU_TESTS`: a whole sampling run captured as a CUDA graph
+   and replayed against the eager run, the compiled Triton kernels in fp32 / bf16 / fp16 against the
+   reference, ``torch.compile`` of the models, the C++/CUDA extension), one file per pytest process
+   in that order, with Triton's interpreter off, then prints which implementation each op runs on
+   cuda (``ops.backend_line``);
+3. runs the quick benchmark report (``python -m bench.report --quick``) in two parts
+   (:data:`BENCH_STAGES`): the issue's sampling targets first, then the compiled implementations
+   and the kernels; each part merges its own section into ``bench/RESULTS.md``.
 
-It exits 0 when every test passed and the report was written, 1 when something failed, and 2 when
-there is no CUDA GPU (it says so; nothing is run). Each stage runs in a subprocess with a time limit
-(``--test-timeout``, ``--bench-timeout``), so the whole check stays within about 8 minutes on an
-H100.
+After every stage it rewrites a "GPU check" section of ``bench/RESULTS.md`` (one row per stage:
+outcome, pytest's summary, time), so a check cut short keeps what it did. It exits 0 when every
+stage passed, 1 when something failed or was not started for lack of time, and 2 when there is no
+CUDA GPU (it says so; nothing is run). Each stage runs in a process group of its own, killed whole
+when its part's time is spent (``--test-timeout`` for all the test files together,
+``--bench-timeout`` for both report runs), so the whole check stays within about 8 minutes.
 
 ``--wheels DIR`` (no GPU needed) downloads into DIR, with ``pip download``, the packages a GPU
 machine with only torch, triton, numpy, transformers, safetensors, tqdm, matplotlib, imageio,
@@ -31,11 +35,14 @@ The check needs only diffusers of them; the rest make the whole test suite runna
 from __future__ import annotations
 
 import argparse
+import collections
 import datetime
 import importlib.util
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -46,22 +53,29 @@ DEFAULT_WHEELS = BENCH_DIR / "wheels"
 RESULTS = BENCH_DIR / "RESULTS.md"
 
 GPU_TESTS = (
+    "tests/test_cuda_graph_sampling.py",
     "tests/test_triton_attention.py",
     "tests/test_triton_film_layernorm.py",
     "tests/test_triton_compile.py",
-    "tests/test_triton_aot.py",
+    "tests/test_sampling_plan.py",
     "tests/test_graph_conv_ext.py",
     "tests/test_film_layernorm_ext.py",
-    "tests/test_nvcc.py",
     "tests/test_ops_report.py",
-    "tests/test_cuda_graph_sampling.py",
-    "tests/test_sampling_plan.py",
 )
-"""The test files the check runs on the GPU (each skips what needs no GPU or is not built here)."""
+"""The test files the check runs on the GPU, each in its own process, in this order (what a short
+run must not miss first); each skips what needs no GPU or is not built here. The ahead-of-time
+Triton compiles and the nvcc build (``test_triton_aot.py``, ``test_nvcc.py``) need no GPU: the CPU
+suite runs them."""
 
-BENCH_SELECTION = "sampling and paper-1 or denoiser_forward or triton"
-"""The benchmarks of the quick report: one paper-preset sentence sampled by every implementation
-(eager, compiled, fast, compiled fast, CUDA graphs), the denoiser forward and the Triton kernels."""
+BENCH_STAGES = (
+    ("the sampling targets", "sampling and paper-1 and not compiled", None),
+    ("compiled implementations, denoiser forward, Triton kernels",
+     "(sampling and paper-1 and compiled) or denoiser_forward or triton", "compiled, kernels"),
+)
+"""The quick benchmark report in two runs of ``bench.report`` (pytest ``-k`` selection, and the
+suffix of the second one's RESULTS.md heading): first one paper-preset sentence sampled eagerly by
+the reference, by ``auto`` and as one CUDA graph (the issue's targets), then the ``torch.compile``
+implementations, the denoiser forward and the Triton kernels."""
 
 # module imported by the check -> the requirement that provides it
 REQUIRED_MODULES = {
@@ -197,25 +211,61 @@ def install_command(directory: Path, requirements: list[str]) -> list[str]:
 
 
 def _run(cmd: list[str], timeout: float, env: dict | None = None) -> tuple[int, str, float]:
-    """Run ``cmd`` from the checkout, echoing its output; (exit code, output tail, seconds)."""
+    """Run ``cmd`` from the checkout in a process group of its own, echoing its output as it comes;
+    (exit code, output tail, seconds). On timeout the whole group is killed (pytest's children too:
+    compilers, build tools, compile workers) and the exit code is 124."""
     print("$ " + " ".join(cmd), flush=True)
     start = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    tail: collections.deque[str] = collections.deque(maxlen=200)
+
+    def pump() -> None:
+        for raw in iter(proc.stdout.readline, b""):
+            line = raw.decode("utf-8", "replace")
+            sys.stdout.write(line)
+            sys.stdout.flush()
+            tail.append(line)
+
+    reader = threading.Thread(target=pump, daemon=True)
+    reader.start()
+    note = ""
     try:
-        proc = subprocess.run(cmd, cwd=REPO, env=env, timeout=timeout, text=True, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT)
-    except subprocess.TimeoutExpired as exc:
-        out = exc.stdout or ""
-        out = out.decode() if isinstance(out, bytes) else out
-        print(out[-4000:])
-        return 124, out[-4000:] + f"\n(timed out after {timeout:.0f} s)", time.perf_counter() - start
-    print(proc.stdout[-20000:])
-    return proc.returncode, proc.stdout[-4000:], time.perf_counter() - start
+        rc = proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        _kill_group(proc)
+        proc.wait()
+        rc, note = 124, f"(timed out after {timeout:.0f} s; its process group was killed)\n"
+        print(note, end="", flush=True)
+    reader.join(timeout=10)  # a process that left the group may still hold the pipe: do not wait for it
+    return rc, ("".join(tail) + note)[-4000:], time.perf_counter() - start
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        proc.kill()
 
 
 def _gpu_env() -> dict:
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # compiled kernels
     env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     return env
+
+
+MIN_STAGE_SECONDS = 20.0
+"""A stage is not started with less time than this left of its part's limit."""
+NOT_RUN = -1
+"""The exit code recorded for a stage that was not started."""
+BACKEND_LINE_SECONDS = 180.0
+"""Time limit of the ``backend_line('cuda', 'auto')`` stage (it may build the extension)."""
+
+
+def _last_line(output: str) -> str:
+    """The last non-empty line of ``output``."""
+    lines = [line.strip() for line in output.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else "(no output)"
 
 
 def _summary_line(output: str) -> str:
@@ -246,7 +296,7 @@ def write_section(results: Path, device: str, rows: list[tuple[str, int, str, fl
              f"Run {when} by `python -m bench.gpu_check` in {total_s / 60:.1f} min on {device}.\n\n",
              "| stage | result | time |\n|---|---|---|\n"]
     for stage, rc, summary, seconds in rows:
-        verdict = "ok" if rc == 0 else f"FAILED (exit {rc})"
+        verdict = "ok" if rc == 0 else "not run" if rc == NOT_RUN else f"FAILED (exit {rc})"
         lines.append(f"| {stage} | {verdict}: {summary} | {seconds:.0f} s |\n")
     existing = results.read_text() if results.exists() else ""
     write_atomic(results, merge_sections(existing, "".join(lines) + "\n"))
@@ -260,8 +310,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--python-version", default="3.12", help="Python of the GPU machine (for --wheels)")
     parser.add_argument("--install-from", type=Path, metavar="DIR", default=None,
                         help=f"wheels to install missing dependencies from (default {DEFAULT_WHEELS} if it exists)")
-    parser.add_argument("--test-timeout", type=float, default=240.0, help="seconds for the correctness tests")
-    parser.add_argument("--bench-timeout", type=float, default=240.0, help="seconds for the quick benchmark report")
+    parser.add_argument("--test-timeout", type=float, default=240.0,
+                        help="seconds for all the correctness test files together (each starts with what is left)")
+    parser.add_argument("--bench-timeout", type=float, default=240.0,
+                        help="seconds for the two runs of the quick benchmark report together")
     parser.add_argument("--no-bench", action="store_true", help="only the correctness tests")
     parser.add_argument("--results", type=Path, default=RESULTS, help=f"results file (default {RESULTS})")
     args = parser.parse_args(argv)
@@ -297,18 +349,38 @@ def main(argv: list[str] | None = None) -> int:
     device = _device_line()
     print(f"gpu_check: {device}", flush=True)
     env = _gpu_env()
-    rows = []
-    tests = [t for t in GPU_TESTS if (REPO / t).exists()]
-    rc, out, secs = _run([sys.executable, "-m", "pytest", *tests, "-q", "-p", "no:cacheprovider", "-x",
-                          "-o", "addopts=-ra"], timeout=args.test_timeout, env=env)
-    rows.append(("correctness tests (" + ", ".join(Path(t).stem.removeprefix("test_") for t in tests) + ")", rc,
-                 _summary_line(out), secs))
+    rows: list[tuple[str, int, str, float]] = []
+
+    def record(stage: str, rc: int, summary: str, seconds: float) -> None:
+        """One stage's row, written to the results file at once (a killed check keeps what it did)."""
+        rows.append((stage, rc, summary, seconds))
+        write_section(args.results, device, rows, time.perf_counter() - start)
+
+    deadline = time.perf_counter() + args.test_timeout
+    for test in [t for t in GPU_TESTS if (REPO / t).exists()]:
+        stage = f"correctness: `{Path(test).stem.removeprefix('test_')}`"
+        left = deadline - time.perf_counter()
+        if left < MIN_STAGE_SECONDS:
+            record(stage, NOT_RUN, "the tests' time limit (--test-timeout) was spent", 0.0)
+            continue
+        rc, out, secs = _run([sys.executable, "-m", "pytest", test, "-q", "-p", "no:cacheprovider",
+                              "-o", "addopts=", "-rfEs", "--durations=5"], timeout=left, env=env)
+        record(stage, rc, _summary_line(out), secs)
+    rc, out, secs = _run([sys.executable, "-c", "from sald_fast import ops; print(ops.backend_line('cuda', 'auto'))"],
+                         timeout=BACKEND_LINE_SECONDS, env=env)
+    record("backends", rc, _last_line(out), secs)
     if not args.no_bench:
-        brc, bout, bsecs = _run([sys.executable, "-m", "bench.report", "--quick", "-k", BENCH_SELECTION,
-                                 "--out", str(args.results)], timeout=args.bench_timeout, env=env)
-        rows.append((f"quick benchmark report (`-k '{BENCH_SELECTION}'`)", brc, _summary_line(bout), bsecs))
+        deadline = time.perf_counter() + args.bench_timeout
+        for what, selection, suffix in BENCH_STAGES:
+            stage = f"quick benchmark report: {what} (`-k '{selection}'`)"
+            left = deadline - time.perf_counter()
+            if left < MIN_STAGE_SECONDS:
+                record(stage, NOT_RUN, "the benchmarks' time limit (--bench-timeout) was spent", 0.0)
+                continue
+            cmd = [sys.executable, "-m", "bench.report", "--quick", "-k", selection, "--out", str(args.results)]
+            rc, out, secs = _run(cmd + (["--heading-suffix", suffix] if suffix else []), timeout=left, env=env)
+            record(stage, rc, _last_line(out), secs)
     total = time.perf_counter() - start
-    write_section(args.results, device, rows, total)
     failed = [stage for stage, code, _, _ in rows if code != 0]
     print(f"gpu_check: {'FAILED: ' + '; '.join(failed) if failed else 'all passed'} ({total / 60:.1f} min); "
           f"wrote {args.results}")

@@ -283,6 +283,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-k", dest="keyword", help="pytest -k expression selecting benchmarks")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"results file (default {DEFAULT_OUT})")
     parser.add_argument("--json", type=Path, help="also keep pytest-benchmark's raw JSON here")
+    parser.add_argument("--heading-suffix", metavar="TEXT",
+                        help="add ' (TEXT)' to the section's heading, so that a partial run (-k) does not replace "
+                             "the device's main section")
     parser.add_argument("--readme", type=Path, default=DEFAULT_README,
                         help=f"README whose generated benchmark section is rewritten (default {DEFAULT_README})")
     parser.add_argument("--readme-only", action="store_true",
@@ -312,6 +315,10 @@ def main(argv: list[str] | None = None) -> int:
             return rc or 1
         data = json.loads(json_path.read_text())
     command = "python -m bench.report" + (" --quick" if args.quick else "") + (f" -k '{args.keyword}'" if args.keyword else "")
+    if args.heading_suffix:
+        command += f" --heading-suffix '{args.heading_suffix}'"
+        env = data.setdefault("sald_fast", {})
+        env["heading"] = f"{env.get('heading', 'unknown device')} ({args.heading_suffix})"
     section = render_section(data, collector.skips, collector.failed, command, wall)
     existing = args.out.read_text() if args.out.exists() else ""
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
+import weakref
 from dataclasses import dataclass
 from typing import Callable
 
@@ -33,7 +34,7 @@ from .frames import frame_mask
 from .ops.checks import validate_lengths, validate_text_mask
 
 __all__ = ["SCHEDULERS", "PLANNED_SCHEDULERS", "make_scheduler", "GaussianDiffusion", "SamplingPlan",
-           "sampling_plan"]
+           "sampling_plan", "cuda_graphs"]
 
 
 def _scheduler_table() -> dict[str, tuple[str, dict]]:
@@ -421,11 +422,13 @@ class GaussianDiffusion(nn.Module):
     def _sample_graphed(self, denoiser, plan: SamplingPlan, noise: torch.Tensor, text, text_mask, lengths,
                         guidance: float, reuse_text: bool) -> torch.Tensor:
         """:func:`_run_plan` captured as one CUDA graph (cached per configuration), replayed."""
-        # cached on the denoiser (dies with it); the parameters' addresses invalidate a graph whose
-        # weights were replaced rather than updated in place
-        graphs = denoiser.__dict__.setdefault("_sald_cuda_graphs", {})
+        # cached per denoiser outside it (dies with it; a deepcopy of the denoiser never meets a
+        # CUDAGraph); the parameters' addresses invalidate a graph whose weights were replaced rather
+        # than updated in place, the schedule one whose plan's coefficients differ
+        graphs = cuda_graphs(denoiser)
         params = tuple(p.data_ptr() for p in denoiser.parameters()) if hasattr(denoiser, "parameters") else ()
-        key = (plan.scheduler, plan.num_steps, tuple(noise.shape), noise.device, guidance, reuse_text,
+        key = (plan.scheduler, plan.num_steps, _plan_key(self.cfg), tuple(noise.shape), noise.dtype, noise.device,
+               guidance, reuse_text,
                None if text is None else tuple(text.shape), None if text is None else text.dtype,
                text_mask is None, None if lengths is None else lengths.dtype, params,
                getattr(denoiser, "backend", None), torch.is_autocast_enabled("cuda"),
@@ -472,6 +475,20 @@ class GaussianDiffusion(nn.Module):
             eps = _guided(denoiser, z_in, t_in, context, text_in, mask_in, len_in, drop_in, cfg_batch, guidance)
             z = scheduler.step(eps, t, z, **step_kwargs).prev_sample
         return z
+
+
+_CUDA_GRAPHS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def cuda_graphs(denoiser) -> dict:
+    """The CUDA graphs that ``sample(..., cuda_graph=True)`` captured for ``denoiser``: a dict from
+    the run's configuration to (replay, static inputs, output). Kept outside the module, so that
+    copying or pickling the denoiser never meets a ``CUDAGraph``, and dropped with the denoiser;
+    ``.clear()`` frees their memory pools."""
+    graphs = _CUDA_GRAPHS.get(denoiser)
+    if graphs is None:
+        graphs = _CUDA_GRAPHS[denoiser] = {}
+    return graphs
 
 
 def _capture_graph(run: Callable[[], torch.Tensor], device: torch.device):

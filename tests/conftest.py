@@ -33,3 +33,12 @@ def _fresh_auto_choices():
     dispatch.clear_auto_choices()
     yield
     dispatch.clear_auto_choices()
+
+
+@pytest.fixture(autouse=True)
+def _fp32_matmul_precision():
+    """Training entry points set ``torch.set_float32_matmul_precision("high")`` (TF32 on a GPU) for
+    their process; a test that runs one leaves the rest of the suite on full fp32 precision."""
+    before = torch.get_float32_matmul_precision()
+    yield
+    torch.set_float32_matmul_precision(before)

@@ -120,3 +120,28 @@ def test_write_atomic_leaves_the_old_file_whole_when_the_write_fails(tmp_path, m
         report.write_atomic(target, "new\n")
     monkeypatch.undo()
     assert target.read_text() == "old\n" and sorted(p.name for p in tmp_path.iterdir()) == ["RESULTS.md"]
+
+
+def test_a_heading_suffix_keeps_a_partial_run_beside_the_main_section(tmp_path, monkeypatch):
+    """``--heading-suffix``: a second, partial run (``bench.gpu_check``'s two report parts) gets its
+    own section instead of replacing the device's (pytest is faked: it writes one benchmark)."""
+    import json
+
+    from bench import report
+
+    def fake_pytest_main(args, plugins=()):
+        path = Path(next(a for a in args if a.startswith("--benchmark-json=")).split("=", 1)[1])
+        path.write_text(json.dumps({"sald_fast": {"heading": "GPU: Fake", "date": "2026-12-01"}, "benchmarks": [
+            {"name": "b", "group": "op forward", "stats": {"median": 0.001, "rounds": 3},
+             "extra_info": {"impl": "reference"}}]}))
+        return 0
+
+    monkeypatch.setattr(pytest, "main", fake_pytest_main)
+    out = tmp_path / "RESULTS.md"
+    common = ["--out", str(out), "--readme", str(tmp_path / "no-readme.md")]
+    assert report.main(["-k", "sampling", *common]) == 0
+    assert report.main(["-k", "triton", "--heading-suffix", "compiled, kernels", *common]) == 0
+    assert report.main(["-k", "triton", "--heading-suffix", "compiled, kernels", *common]) == 0
+    text = out.read_text()
+    assert text.count("## GPU: Fake\n") == 1 and text.count("## GPU: Fake (compiled, kernels)\n") == 1
+    assert "--heading-suffix 'compiled, kernels'`" in text

@@ -10,7 +10,7 @@ import torch
 
 from sald_fast.config import DenoiserConfig, DiffusionConfig, TextConfig, preset
 from sald_fast.denoiser import Denoiser
-from sald_fast.diffusion import GaussianDiffusion
+from sald_fast.diffusion import GaussianDiffusion, cuda_graphs
 
 pytestmark = [pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
               pytest.mark.filterwarnings("ignore::DeprecationWarning")]
@@ -46,7 +46,7 @@ def test_graph_replay_equals_eager(backend, scheduler):
         graphed = diffusion.sample(den, shape, text, mask, lengths, generator=torch.Generator().manual_seed(seed),
                                    cuda_graph=True, **kw)
         torch.testing.assert_close(graphed, eager, rtol=RTOL, atol=ATOL)
-    assert len(den.__dict__["_sald_cuda_graphs"]) == 1
+    assert len(cuda_graphs(den)) == 1
 
 
 def test_generate_with_cuda_graph_equals_eager():

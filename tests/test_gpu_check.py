@@ -102,3 +102,83 @@ def test_gpu_tests_exist_and_section_merges(tmp_path):
     assert "| tests | ok: 5 passed in 3s | 3 s |" in text and "| bench | FAILED (exit 1): 1 failed | 9 s |" in text
     gpu_check.write_section(results, "NVIDIA H100 (80 GiB), torch 2.11", [("tests", 0, "6 passed", 1.0)], 1.0)
     assert results.read_text().count("## GPU check: NVIDIA H100") == 1
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` exists and is not a zombie."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir() or sys.platform != "linux", reason="reads /proc")
+def test_a_stage_past_its_time_is_killed_with_its_children(tmp_path):
+    """A timed-out stage's whole process group goes (a compiler a test started would otherwise
+    keep running and hold the extension's build lock), and the exit code says it timed out."""
+    import time
+
+    pidfile = tmp_path / "pid"
+    cmd = ["bash", "-c", f"sleep 120 & echo $! > {pidfile}; echo started; wait"]
+    start = time.perf_counter()
+    rc, out, _ = gpu_check._run(cmd, timeout=2)
+    assert rc == 124 and "started" in out and "timed out after 2 s" in out
+    assert time.perf_counter() - start < 30
+    pid = int(pidfile.read_text())
+    for _ in range(50):
+        if not _alive(pid):
+            break
+        time.sleep(0.1)
+    assert not _alive(pid), "the stage's child survived the timeout"
+
+
+def test_a_stage_output_that_is_not_utf8_is_read():
+    rc, out, _ = gpu_check._run([sys.executable, "-c", "import sys; sys.stdout.buffer.write(b'ok \\xff\\n')"],
+                                timeout=60)
+    assert rc == 0 and "ok \ufffd" in out
+
+
+def test_the_check_runs_every_stage_in_order_and_writes_after_each(tmp_path, monkeypatch):
+    """With a GPU (faked here): one pytest process per test file, in GPU_TESTS order, each given what
+    is left of --test-timeout; a failing file does not stop the next; the results section is written
+    after every stage; files and report parts past their time limit are "not run" and make the
+    exit code 1."""
+    clock = {"now": 0.0}
+    calls = []
+    results = tmp_path / "RESULTS.md"
+
+    class FakeTime:
+        @staticmethod
+        def perf_counter():
+            return clock["now"]
+
+    def fake_run(cmd, timeout, env=None):
+        calls.append((cmd, timeout))
+        if len(calls) > 1:  # the earlier stages are already in the results file
+            assert results.read_text().count("\n| ") >= len(calls) - 1
+        clock["now"] += 100.0
+        failed = "test_triton_attention.py" in " ".join(cmd)
+        return (1, "1 failed, 3 passed in 99s", 100.0) if failed else (0, "5 passed in 99s", 100.0)
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(gpu_check, "_device_line", lambda: "FAKE GPU (80 GiB), torch 2.11")
+    monkeypatch.setattr(gpu_check, "missing_modules", lambda: {})
+    monkeypatch.setattr(gpu_check, "_run", fake_run)
+    monkeypatch.setattr(gpu_check, "time", FakeTime)
+    rc = gpu_check.main(["--results", str(results), "--test-timeout", "250", "--bench-timeout", "150"])
+    assert rc == 1
+    tests = [c for c, _ in calls if "pytest" in c]
+    assert [c[c.index("pytest") + 1] for c in tests] == list(gpu_check.GPU_TESTS[:3])  # 250 s: three files started
+    assert [t for _, t in calls[:3]] == [250.0, 150.0, 50.0]  # each starts with what is left
+    assert all("-x" not in c for c in tests)
+    reports = [c for c, _ in calls if "bench.report" in c]
+    assert len(reports) == 2 and "--heading-suffix" not in reports[0] and "--heading-suffix" in reports[1]
+    assert calls[-1][1] == 50.0  # the second report part gets the rest of --bench-timeout
+    text = results.read_text()
+    assert text.count("## GPU check: FAKE GPU") == 1
+    assert "| correctness: `cuda_graph_sampling` | ok: 5 passed in 99s | 100 s |" in text
+    assert "| correctness: `triton_attention` | FAILED (exit 1): 1 failed, 3 passed in 99s | 100 s |" in text
+    assert "| correctness: `triton_film_layernorm` | ok" in text
+    assert "| correctness: `triton_compile` | not run: the tests' time limit (--test-timeout) was spent | 0 s |" in text
+    assert "| backends | ok" in text

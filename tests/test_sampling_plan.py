@@ -6,13 +6,16 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import copy
+import gc
+import weakref
 
 import pytest
 import torch
 
 from sald_fast.config import DenoiserConfig, DiffusionConfig, TextConfig, preset
 from sald_fast.denoiser import Denoiser
-from sald_fast.diffusion import PLANNED_SCHEDULERS, GaussianDiffusion, make_scheduler, sampling_plan
+from sald_fast.diffusion import PLANNED_SCHEDULERS, GaussianDiffusion, cuda_graphs, make_scheduler, sampling_plan
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")
 
@@ -249,4 +252,27 @@ def test_graph_cache_and_static_inputs_with_a_stand_in_capture(monkeypatch):
             eager = diffusion_module._run_plan(den, plan, noise, text, mask, lengths, 3.0, True, False)
             torch.testing.assert_close(graphed, eager, rtol=0, atol=0)
     assert len(captures) == 2  # once per scheduler, not per call
-    assert len(den.__dict__["_sald_cuda_graphs"]) == 2
+    assert len(cuda_graphs(den)) == 2
+    # another schedule with the same scheduler and steps: its own graph, not the first one's coefficients
+    other = GaussianDiffusion(DiffusionConfig(beta_end=0.03))
+    plan = sampling_plan(other.cfg, "ddim", 6)
+    graphed = other._sample_graphed(den, plan, noise, text, mask, lengths, 3.0, True)
+    torch.testing.assert_close(graphed, diffusion_module._run_plan(den, plan, noise, text, mask, lengths, 3.0, True,
+                                                                   False), rtol=0, atol=0)
+    assert len(captures) == 3 and len(cuda_graphs(den)) == 3
+
+    # the graphs live outside the module: a copy of the denoiser (compiled_denoiser deep-copies it)
+    # never meets one (a CUDAGraph cannot be copied), and they go with the denoiser
+    class Uncopyable:
+        def __deepcopy__(self, memo):
+            raise TypeError("cannot copy a CUDA graph")
+
+    cuda_graphs(den)["stand-in"] = (Uncopyable(), {}, None)
+    twin = copy.deepcopy(den)
+    assert len(cuda_graphs(twin)) == 0 and len(cuda_graphs(den)) == 4
+    cuda_graphs(twin)["stand-in"] = (Uncopyable(), {}, None)
+    alive = weakref.ref(twin)
+    n = len(diffusion_module._CUDA_GRAPHS)
+    del twin
+    gc.collect()
+    assert alive() is None and len(diffusion_module._CUDA_GRAPHS) == n - 1
