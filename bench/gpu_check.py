@@ -22,7 +22,8 @@ outcome, pytest's summary, time), so a check cut short keeps what it did. It exi
 stage passed, 1 when something failed or was not started for lack of time, and 2 when there is no
 CUDA GPU (it says so; nothing is run). Each stage runs in a process group of its own, killed whole
 when its part's time is spent (``--test-timeout`` for all the test files together,
-``--bench-timeout`` for both report runs), so the whole check stays within about 8 minutes.
+``--bench-timeout`` for both report runs; 240 s, 60 s for the backends line and 180 s by default),
+so the whole check stays within 8 minutes.
 
 ``--wheels DIR`` (no GPU needed) downloads into DIR, with ``pip download``, the packages a GPU
 machine with only torch, triton, numpy, transformers, safetensors, tqdm, matplotlib, imageio,
@@ -258,7 +259,7 @@ MIN_STAGE_SECONDS = 20.0
 """A stage is not started with less time than this left of its part's limit."""
 NOT_RUN = -1
 """The exit code recorded for a stage that was not started."""
-BACKEND_LINE_SECONDS = 180.0
+BACKEND_LINE_SECONDS = 60.0
 """Time limit of the ``backend_line('cuda', 'auto')`` stage (it may build the extension)."""
 
 
@@ -312,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"wheels to install missing dependencies from (default {DEFAULT_WHEELS} if it exists)")
     parser.add_argument("--test-timeout", type=float, default=240.0,
                         help="seconds for all the correctness test files together (each starts with what is left)")
-    parser.add_argument("--bench-timeout", type=float, default=240.0,
+    parser.add_argument("--bench-timeout", type=float, default=180.0,
                         help="seconds for the two runs of the quick benchmark report together")
     parser.add_argument("--no-bench", action="store_true", help="only the correctness tests")
     parser.add_argument("--results", type=Path, default=RESULTS, help=f"results file (default {RESULTS})")
