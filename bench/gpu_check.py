@@ -13,16 +13,16 @@ On a machine with a CUDA GPU it
    reference, ``torch.compile`` of the models, the C++/CUDA extension), one file per pytest process
    in that order, with Triton's interpreter off, then prints which implementation each op runs on
    cuda (``ops.backend_line``);
-3. runs the quick benchmark report (``python -m bench.report --quick``) in two parts
-   (:data:`BENCH_STAGES`): the issue's sampling targets first, then the compiled implementations
-   and the kernels; each part merges its own section into ``bench/RESULTS.md``.
+3. runs the quick benchmark report (``python -m bench.report --quick``) in three parts
+   (:data:`BENCH_STAGES`): the issue's sampling targets first, then the custom kernels, then the
+   ``torch.compile`` implementations; each part merges its own section into ``bench/RESULTS.md``.
 
 After every stage it rewrites a "GPU check" section of ``bench/RESULTS.md`` (one row per stage:
 outcome, pytest's summary, time), so a check cut short keeps what it did. It exits 0 when every
 stage passed, 1 when something failed or was not started for lack of time, and 2 when there is no
 CUDA GPU (it says so; nothing is run). Each stage runs in a process group of its own, killed whole
 when its part's time is spent (``--test-timeout`` for all the test files together,
-``--bench-timeout`` for both report runs; 240 s, 60 s for the backends line and 180 s by default),
+``--bench-timeout`` for the report runs; 240 s, 60 s for the backends line and 180 s by default),
 so the whole check stays within 8 minutes.
 
 ``--wheels DIR`` (no GPU needed) downloads into DIR, with ``pip download``, the packages a GPU
@@ -70,13 +70,15 @@ suite runs them."""
 
 BENCH_STAGES = (
     ("the sampling targets", "sampling and paper-1 and not compiled", None),
-    ("compiled implementations, denoiser forward, Triton kernels",
-     "(sampling and paper-1 and compiled) or denoiser_forward or triton", "compiled, kernels"),
+    ("the custom kernels", "(test_op and paper) or (test_graph_conv and vae)", "custom kernels"),
+    ("the torch.compile implementations", "(sampling and paper-1 and compiled) or denoiser_forward", "compiled"),
 )
-"""The quick benchmark report in two runs of ``bench.report`` (pytest ``-k`` selection, and the
-suffix of the second one's RESULTS.md heading): first one paper-preset sentence sampled eagerly by
-the reference, by ``auto`` and as one CUDA graph (the issue's targets), then the ``torch.compile``
-implementations, the denoiser forward and the Triton kernels."""
+"""The quick benchmark report in three runs of ``bench.report``, in this order (pytest ``-k``
+selection, and the suffix of the run's RESULTS.md heading): one paper-preset sentence sampled
+eagerly by the reference, by ``auto`` and as one CUDA graph (the issue's targets); the Triton
+kernels at the paper's size and the extension's graph convolution at the VAE's against eager PyTorch and
+``torch.compile``; then the ``torch.compile`` implementations of sampling and the denoiser forward.
+A run's results are written when it ends, so the parts are kept small."""
 
 # module imported by the check -> the requirement that provides it
 REQUIRED_MODULES = {
@@ -314,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--test-timeout", type=float, default=240.0,
                         help="seconds for all the correctness test files together (each starts with what is left)")
     parser.add_argument("--bench-timeout", type=float, default=180.0,
-                        help="seconds for the two runs of the quick benchmark report together")
+                        help="seconds for the runs of the quick benchmark report together")
     parser.add_argument("--no-bench", action="store_true", help="only the correctness tests")
     parser.add_argument("--results", type=Path, default=RESULTS, help=f"results file (default {RESULTS})")
     args = parser.parse_args(argv)

@@ -124,6 +124,11 @@ class _MarkStep(nn.Module):
     def encode_text(self, *args, **kwargs):
         return self.inner.encode_text(*args, **kwargs)
 
+    def film_parameters(self, t):
+        # the sampler asks for it by name: without it this row would sample without the per-run FiLM
+        # table and the shared CFG halves that the other rows use
+        return self.inner.film_parameters(t)
+
     def forward(self, *args, **kwargs):
         torch.compiler.cudagraph_mark_step_begin()
         return self.inner(*args, **kwargs)

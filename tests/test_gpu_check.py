@@ -173,7 +173,8 @@ def test_the_check_runs_every_stage_in_order_and_writes_after_each(tmp_path, mon
     assert [t for _, t in calls[:3]] == [250.0, 150.0, 50.0]  # each starts with what is left
     assert all("-x" not in c for c in tests)
     reports = [c for c, _ in calls if "bench.report" in c]
-    assert len(reports) == 2 and "--heading-suffix" not in reports[0] and "--heading-suffix" in reports[1]
+    assert len(reports) == 2  # 150 s: two of the three report parts started
+    assert "--heading-suffix" not in reports[0] and "--heading-suffix" in reports[1]
     assert calls[-1][1] == 50.0  # the second report part gets the rest of --bench-timeout
     text = results.read_text()
     assert text.count("## GPU check: FAKE GPU") == 1
@@ -182,3 +183,5 @@ def test_the_check_runs_every_stage_in_order_and_writes_after_each(tmp_path, mon
     assert "| correctness: `triton_film_layernorm` | ok" in text
     assert "| correctness: `triton_compile` | not run: the tests' time limit (--test-timeout) was spent | 0 s |" in text
     assert "| backends | ok" in text
+    assert "| quick benchmark report: the torch.compile implementations" in text and text.rstrip().endswith(
+        "| not run: the benchmarks' time limit (--bench-timeout) was spent | 0 s |")

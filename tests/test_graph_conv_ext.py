@@ -298,7 +298,19 @@ def test_compile_fullgraph_forward_backward():
         torch.testing.assert_close(got.grad, want.grad, rtol=1e-4, atol=1e-5)
 
 
+def test_cuda_kernels_are_built_where_there_is_a_gpu():
+    """On a GPU machine the CUDA cases above exist only when the extension has its CUDA kernels:
+    say so (a skip with the reason), instead of passing without ever running them."""
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA GPU: the CPU cases are the ones to run")
+    if not ext.WITH_CUDA:
+        pytest.skip("the extension was built without its CUDA kernels (no nvcc found): the CUDA graph-convolution "
+                    "cases did not run, and `auto` uses the reference on cuda")
+    assert "cuda" in DEVICES
+
+
 @pytest.mark.slow
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CPU Inductor codegen: the CPU suite runs it")
 def test_compile_inductor_forward_backward():
     """Inductor (C++ codegen on the CPU) around the op: the op stays an extern kernel."""
     torch._dynamo.reset()

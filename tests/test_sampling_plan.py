@@ -276,3 +276,26 @@ def test_graph_cache_and_static_inputs_with_a_stand_in_capture(monkeypatch):
     del twin
     gc.collect()
     assert alive() is None and len(diffusion_module._CUDA_GRAPHS) == n - 1
+
+
+def test_the_benchmarks_cuda_graph_wrapper_samples_the_same_run(monkeypatch):
+    """bench's ``_MarkStep`` (the reduce-overhead row of the sampling benchmark) passes on what the
+    sampler asks a denoiser for by name, so that row samples with the per-run FiLM table and the
+    shared CFG halves, as the rows it is compared with do."""
+    from bench.test_bench_model import _MarkStep
+
+    den = _tiny_denoiser("reference")
+    for p in den.parameters():
+        p.data.add_(0.05 * torch.randn_like(p))
+    asked = []
+    film_parameters = den.film_parameters
+    monkeypatch.setattr(den, "film_parameters", lambda t: (asked.append(t), film_parameters(t))[1])
+    diffusion = GaussianDiffusion(DiffusionConfig())
+    g = torch.Generator().manual_seed(0)
+    text, lengths = torch.randn(2, 5, 8, generator=g), torch.tensor([3, 2])
+    kw = dict(steps=4, guidance=2.0, scheduler="ddim")
+    direct = diffusion.sample(den, (2, 3, 7, 4), text, None, lengths, generator=torch.Generator().manual_seed(1), **kw)
+    wrapped = diffusion.sample(_MarkStep(den), (2, 3, 7, 4), text, None, lengths,
+                               generator=torch.Generator().manual_seed(1), **kw)
+    assert len(asked) == 2  # once per run, through the wrapper too
+    torch.testing.assert_close(wrapped, direct, rtol=0, atol=0)

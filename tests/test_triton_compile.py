@@ -285,3 +285,27 @@ def test_denoiser_triton_compiles_without_graph_breaks():
     assert grads.keys() == eager_grads.keys() and len(grads) > 10
     for n, g in eager_grads.items():
         torch.testing.assert_close(grads[n], g, rtol=1e-4, atol=1e-5, msg=lambda m: f"{n}: {m}")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(),
+                    reason="Inductor around the compiled Triton kernels: a GPU machine (python -m bench.gpu_check)")
+@pytest.mark.parametrize("mode", ["default", "reduce-overhead"])
+def test_denoiser_triton_under_inductor_at_several_batch_sizes(mode):
+    """What the benchmarks' compiled rows run: Inductor (not aot_eager) around the triton_ops, by
+    default and with CUDA graphs (reduce-overhead), ``dynamic=None`` so that the second batch size
+    recompiles with a symbolic batch; every call's output equals eager's."""
+    _, tri, inputs = _tiny_denoisers()
+    tri.eval()
+    names = ("z_t", "t", "text", "text_mask", "lengths")
+    doubled = {k: torch.cat([inputs[k], inputs[k].flip(0)]) for k in names}  # B = 4
+    batches = [{k: inputs[k] for k in names}, doubled, {k: v[:3] for k, v in doubled.items()}]
+    torch._dynamo.reset()
+    compiled = torch.compile(tri, mode=mode, dynamic=None)
+    with torch.no_grad():
+        for batch in batches:
+            args = [batch[k] for k in names]
+            want = tri(*args)
+            for _ in range(3):  # reduce-overhead warms up, records, then replays
+                torch.compiler.cudagraph_mark_step_begin()
+                got = compiled(*args).clone()
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
