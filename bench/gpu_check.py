@@ -58,6 +58,7 @@ GPU_TESTS = (
     "tests/test_triton_attention.py",
     "tests/test_triton_film_layernorm.py",
     "tests/test_triton_compile.py",
+    "tests/test_triton_launch_device.py",
     "tests/test_sampling_plan.py",
     "tests/test_graph_conv_ext.py",
     "tests/test_film_layernorm_ext.py",

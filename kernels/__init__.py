@@ -15,6 +15,7 @@ with a :class:`TritonBackendError`. This module holds the small helpers the laun
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 from typing import Callable
@@ -34,6 +35,7 @@ __all__ = [
     "check_tensor",
     "new_output",
     "identity_wrap",
+    "on_device",
 ]
 
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -93,6 +95,16 @@ def interpreter_defect() -> str | None:
 def identity_wrap(kernel: Callable) -> Callable:
     """Default ``wrap`` for the launchers: launch the kernel directly (``wrap_triton`` for tracing)."""
     return kernel
+
+
+def on_device(t: torch.Tensor):
+    """The context a launcher launches in: ``t``'s CUDA device made current. Triton launches on the
+    current device, so a tensor on ``cuda:1`` while ``cuda:0`` is current would fail ("Pointer
+    argument cannot be accessed from Triton"). A no-op off CUDA and while ``torch.compile`` traces
+    (Inductor's generated code makes its graph's device current itself)."""
+    if t.device.type != "cuda" or torch.compiler.is_compiling():
+        return contextlib.nullcontext()
+    return torch.cuda.device(t.device)
 
 
 def check_tensor(name: str, t: torch.Tensor, kernel: object, dtype: torch.dtype | None = None,

@@ -25,7 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
-from . import check_tensor, identity_wrap, new_output
+from . import check_tensor, identity_wrap, new_output, on_device
 
 __all__ = ["film_layernorm_forward", "film_layernorm_backward", "MAX_D", "forward_config", "backward_config"]
 
@@ -219,15 +219,16 @@ def film_layernorm_forward(
     w_arg = weight if weight is not None else gamma  # never read when HAS_WEIGHT is False
     b_arg = bias if bias is not None else gamma
     grid = (triton.cdiv(R, cfg["BLOCK_R"]),)
-    wrap(kernel)[grid](
-        z, h, gamma, beta, w_arg, b_arg, z_new, y, mean, rstd,
-        R, N * J, J, D,
-        *z.stride(), *h.stride(), *gamma.stride(), *beta.stride(),
-        w_arg.stride(0) if weight is not None else 0, b_arg.stride(0) if bias is not None else 0,
-        float(eps),
-        HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None,
-        BLOCK_R=cfg["BLOCK_R"], BLOCK_D=cfg["BLOCK_D"], num_warps=cfg["num_warps"],
-    )
+    with on_device(h):
+        wrap(kernel)[grid](
+            z, h, gamma, beta, w_arg, b_arg, z_new, y, mean, rstd,
+            R, N * J, J, D,
+            *z.stride(), *h.stride(), *gamma.stride(), *beta.stride(),
+            w_arg.stride(0) if weight is not None else 0, b_arg.stride(0) if bias is not None else 0,
+            float(eps),
+            HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None,
+            BLOCK_R=cfg["BLOCK_R"], BLOCK_D=cfg["BLOCK_D"], num_warps=cfg["num_warps"],
+        )
     return z_new, y, mean, rstd
 
 
@@ -291,15 +292,16 @@ def film_layernorm_backward(
     dzo_arg = dz_new if dz_new is not None else z_new  # never read when HAS_DZO is False
     dy_arg = dy if dy is not None else z_new
     w_arg = weight if weight is not None else gamma
-    wrap(kernel)[(B, C)](
-        dzo_arg, dy_arg, h, z_new, gamma, w_arg, mean, rstd,
-        dz, dh, dgamma_part, dbeta_part, dw_part, dbias_part,
-        N * J, J, D, rows_per_prog,
-        *dzo_arg.stride(), *dy_arg.stride(), *h.stride(), *gamma.stride(),
-        w_arg.stride(0) if weight is not None else 0,
-        HAS_DZO=dz_new is not None, HAS_DY=dy is not None, HAS_WEIGHT=weight is not None,
-        HAS_BIAS=has_bias, BLOCK_R=cfg["BLOCK_R"], BLOCK_D=cfg["BLOCK_D"], num_warps=cfg["num_warps"],
-    )
+    with on_device(h):
+        wrap(kernel)[(B, C)](
+            dzo_arg, dy_arg, h, z_new, gamma, w_arg, mean, rstd,
+            dz, dh, dgamma_part, dbeta_part, dw_part, dbias_part,
+            N * J, J, D, rows_per_prog,
+            *dzo_arg.stride(), *dy_arg.stride(), *h.stride(), *gamma.stride(),
+            w_arg.stride(0) if weight is not None else 0,
+            HAS_DZO=dz_new is not None, HAS_DY=dy is not None, HAS_WEIGHT=weight is not None,
+            HAS_BIAS=has_bias, BLOCK_R=cfg["BLOCK_R"], BLOCK_D=cfg["BLOCK_D"], num_warps=cfg["num_warps"],
+        )
     dgamma = dgamma_part.sum(dim=1).to(gamma.dtype)
     dbeta = dbeta_part.sum(dim=1).to(gamma.dtype)
     dweight = dw_part.sum(dim=(0, 1)) if weight is not None else dgamma_part.new_zeros((0,))

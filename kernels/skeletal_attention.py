@@ -23,7 +23,7 @@ import triton.language as tl
 
 from sald_fast.ops.checks import check_qkv
 
-from . import check_tensor, dot_in_fp32, identity_wrap, mm, new_output
+from . import check_tensor, dot_in_fp32, identity_wrap, mm, new_output, on_device
 
 __all__ = ["skeletal_attention_forward", "skeletal_attention_backward", "MAX_JOINTS", "MAX_HEAD_DIM",
            "attention_config"]
@@ -163,11 +163,12 @@ def skeletal_attention_forward(
         return o, lse
     cfg = attention_config(J, d, q.dtype)
     P = B * N * H
-    wrap(kernel)[(triton.cdiv(P, cfg["BLOCK_P"]),)](
-        q, k, v, o, lse, P, N, J, H, d, *q.stride(), *k.stride(), *v.stride(), scale * LOG2E,
-        PRECISION=cfg["PRECISION"], DOT_FP32=dot_in_fp32(kernel, q.dtype), BLOCK_P=cfg["BLOCK_P"],
-        BLOCK_J=cfg["BLOCK_J"], BLOCK_D=cfg["BLOCK_D"], num_warps=cfg["num_warps"],
-    )
+    with on_device(q):
+        wrap(kernel)[(triton.cdiv(P, cfg["BLOCK_P"]),)](
+            q, k, v, o, lse, P, N, J, H, d, *q.stride(), *k.stride(), *v.stride(), scale * LOG2E,
+            PRECISION=cfg["PRECISION"], DOT_FP32=dot_in_fp32(kernel, q.dtype), BLOCK_P=cfg["BLOCK_P"],
+            BLOCK_J=cfg["BLOCK_J"], BLOCK_D=cfg["BLOCK_D"], num_warps=cfg["num_warps"],
+        )
     return o, lse
 
 
@@ -198,10 +199,11 @@ def skeletal_attention_backward(
         return dq, dk, dv
     cfg = attention_config(J, d, q.dtype, backward=True)
     P = B * N * H
-    wrap(kernel)[(triton.cdiv(P, cfg["BLOCK_P"]),)](
-        q, k, v, o, do, lse, dq, dk, dv, P, N, J, H, d,
-        *q.stride(), *k.stride(), *v.stride(), *do.stride(), scale, scale * LOG2E,
-        PRECISION=cfg["PRECISION"], DOT_FP32=dot_in_fp32(kernel, q.dtype), BLOCK_P=cfg["BLOCK_P"],
-        BLOCK_J=cfg["BLOCK_J"], BLOCK_D=cfg["BLOCK_D"], num_warps=cfg["num_warps"],
-    )
+    with on_device(q):
+        wrap(kernel)[(triton.cdiv(P, cfg["BLOCK_P"]),)](
+            q, k, v, o, do, lse, dq, dk, dv, P, N, J, H, d,
+            *q.stride(), *k.stride(), *v.stride(), *do.stride(), scale, scale * LOG2E,
+            PRECISION=cfg["PRECISION"], DOT_FP32=dot_in_fp32(kernel, q.dtype), BLOCK_P=cfg["BLOCK_P"],
+            BLOCK_J=cfg["BLOCK_J"], BLOCK_D=cfg["BLOCK_D"], num_warps=cfg["num_warps"],
+        )
     return dq, dk, dv

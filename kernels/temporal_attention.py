@@ -27,7 +27,7 @@ import triton.language as tl
 
 from sald_fast.ops.checks import check_lengths, check_qkv
 
-from . import check_tensor, dot_in_fp32, identity_wrap, mm, new_output
+from . import check_tensor, dot_in_fp32, identity_wrap, mm, new_output, on_device
 
 __all__ = ["temporal_attention_forward", "temporal_attention_backward", "MAX_HEAD_DIM", "attention_config"]
 
@@ -270,12 +270,13 @@ def temporal_attention_forward(
         return o, lse
     cfg = attention_config(N, d, q.dtype)
     grid = (B * J * H, triton.cdiv(N, cfg["BLOCK_M"]))
-    wrap(kernel)[grid](
-        q, k, v, o, lse, lengths if lengths is not None else q,
-        N, J, H, d, *q.stride(), *k.stride(), *v.stride(), scale * LOG2E,
-        HAS_LENGTHS=lengths is not None, PRECISION=cfg["PRECISION"], DOT_FP32=dot_in_fp32(kernel, q.dtype),
-        BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_D=cfg["BLOCK_D"], num_warps=cfg["num_warps"],
-    )
+    with on_device(q):
+        wrap(kernel)[grid](
+            q, k, v, o, lse, lengths if lengths is not None else q,
+            N, J, H, d, *q.stride(), *k.stride(), *v.stride(), scale * LOG2E,
+            HAS_LENGTHS=lengths is not None, PRECISION=cfg["PRECISION"], DOT_FP32=dot_in_fp32(kernel, q.dtype),
+            BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_D=cfg["BLOCK_D"], num_warps=cfg["num_warps"],
+        )
     return o, lse
 
 
@@ -313,13 +314,15 @@ def temporal_attention_backward(
                   DOT_FP32=dot_in_fp32(kernel, q.dtype), BLOCK_M=cfg["BLOCK_M"],
                   BLOCK_N=cfg["BLOCK_N"], BLOCK_D=cfg["BLOCK_D"], num_warps=cfg["num_warps"])
     strides = (*q.stride(), *k.stride(), *v.stride(), *do.stride())
-    wrap(kernel)[(B * J * H, triton.cdiv(N, cfg["BLOCK_N"]))](
-        q, k, v, o, do, lse, len_arg, dq, dk, dv, N, J, H, d, *strides, scale, scale * LOG2E,
-        WRITE_DQ=single_block, **{**common, "num_warps": cfg["num_warps_dkdv"]},
-    )
-    if not single_block:
-        wrap(temporal_attn_bwd_dq_kernel)[(B * J * H, triton.cdiv(N, cfg["BLOCK_M"]))](
-            q, k, v, o, do, lse, len_arg, dq, N, J, H, d, *strides, scale, scale * LOG2E, **common,
+    with on_device(q):
+        wrap(kernel)[(B * J * H, triton.cdiv(N, cfg["BLOCK_N"]))](
+            q, k, v, o, do, lse, len_arg, dq, dk, dv, N, J, H, d, *strides, scale, scale * LOG2E,
+            WRITE_DQ=single_block, **{**common, "num_warps": cfg["num_warps_dkdv"]},
         )
+    if not single_block:
+        with on_device(q):
+            wrap(temporal_attn_bwd_dq_kernel)[(B * J * H, triton.cdiv(N, cfg["BLOCK_M"]))](
+                q, k, v, o, do, lse, len_arg, dq, N, J, H, d, *strides, scale, scale * LOG2E, **common,
+            )
     return dq, dk, dv
 

@@ -380,6 +380,8 @@ class GaussianDiffusion(nn.Module):
         if device is None:
             device = text.device if text is not None else _module_device(denoiser)
         device = torch.device(device)
+        if device.type == "cuda" and device.index is None:  # "cuda" is the current CUDA device
+            device = torch.device("cuda", torch.cuda.current_device())
         _check_inputs(shape, text, text_mask, lengths)
         # values, once per run (never per step: that would stall every step on the device)
         validate_lengths(lengths, shape[0], shape[1], unit="N'")
@@ -498,14 +500,17 @@ def _capture_graph(run: Callable[[], torch.Tensor], device: torch.device):
     cache = torch.is_autocast_cache_enabled()
     torch.set_autocast_cache_enabled(False)
     try:
-        side = torch.cuda.Stream(device=device)
-        side.wait_stream(torch.cuda.current_stream(device))
-        with torch.cuda.stream(side):
-            run()  # warm-up: compiles and autotunes kernels, loads modules, settles the allocator
-        torch.cuda.current_stream(device).wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            out = run()
+        # the run's device made current, and a capture stream on it: torch.cuda.graph's default
+        # capture stream belongs to whichever device was current when it was first made
+        with torch.cuda.device(device):
+            side = torch.cuda.Stream(device=device)
+            side.wait_stream(torch.cuda.current_stream(device))
+            with torch.cuda.stream(side):
+                run()  # warm-up: compiles and autotunes kernels, loads modules, settles the allocator
+            torch.cuda.current_stream(device).wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, stream=side):
+                out = run()
     finally:
         torch.set_autocast_cache_enabled(cache)
     return graph.replay, out

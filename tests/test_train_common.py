@@ -137,3 +137,20 @@ def test_a_non_finite_loss_stops_before_the_next_checkpoint(tmp_path):
 def test_log_every_is_validated(tmp_path):
     with pytest.raises(ValueError, match="log_every must be >= 1"):
         _loop(tmp_path, 4, log_every=0)
+
+
+@pytest.mark.parametrize("capability, expect", [((7, 0), False), ((7, 5), False), ((8, 0), True), ((9, 0), True)])
+def test_bf16_autocast_only_where_the_gpu_has_native_bf16(tmp_path, monkeypatch, capsys, capability, expect):
+    """Training asks for bf16 autocast on CUDA; a GPU older than Ampere (V100, T4) emulates bf16
+    and the Triton kernels' bf16 dots need sm_80, so there the Trainer trains in float32 and says
+    so (the GPU is faked here: only its capability and name are read)."""
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Fake GPU")
+    data = [{"x": torch.randn(3)} for _ in range(8)]
+    t = Trainer(stage="t", run_dir=tmp_path, model=torch.nn.Linear(3, 1), loss_fn=lambda m, b: {"loss": m(b).mean()},
+                train_set=data, val_set=None, collate=lambda items: torch.stack([i["x"] for i in items]), epochs=1,
+                batch_size=4, lr=1e-3, config=preset("tiny"), progress=False, autocast=True,
+                device=torch.device("cuda", 0))
+    assert t.autocast is expect
+    said = capsys.readouterr().out
+    assert ("bf16 autocast off: Fake GPU has no native bf16" in said) is (not expect)

@@ -34,7 +34,7 @@ from sald_fast.config import SALDConfig, preset
 
 from .rng import SampleRandom, step_seed
 
-__all__ = ["add_common_args", "config_from_args", "Dist", "init_distributed", "Trainer", "JsonlLogger",
+__all__ = ["add_common_args", "config_from_args", "Dist", "init_distributed", "native_bf16", "Trainer", "JsonlLogger",
            "plot_losses", "resolve_device", "start_stage", "load_stage_model"]
 
 
@@ -97,6 +97,13 @@ def resolve_device(name: str | None, local_rank: int = 0) -> torch.device:
     if torch.cuda.is_available():
         return torch.device("cuda", local_rank)
     return torch.device("cpu")
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether CUDA ``device`` computes in bf16 natively (compute capability >= 8.0, Ampere on):
+    training uses bf16 autocast there; older GPUs emulate it slowly, and the Triton kernels'
+    bf16 dots need sm_80, so they train in float32."""
+    return torch.cuda.get_device_capability(device) >= (8, 0)
 
 
 @dataclass
@@ -293,6 +300,11 @@ class Trainer:
         self.epochs, self.batch_size, self.seed = epochs, batch_size, seed
         self.grad_clip, self.ckpt_every, self.config = grad_clip, ckpt_every, config
         self.dist, self.device, self.progress = dist_info, device, progress
+        if autocast and device.type == "cuda" and not native_bf16(device):
+            if dist_info.main:
+                print(f"{stage}: bf16 autocast off: {torch.cuda.get_device_name(device)} has no native bf16 "
+                      f"(compute capability < 8.0); training in float32", flush=True)
+            autocast = False
         self.extra_state, self.autocast = extra_state, autocast
         self.logger = logger or JsonlLogger(self.run_dir / "log.jsonl", dist_info.main)
         params = [p for p in model.parameters() if p.requires_grad]
