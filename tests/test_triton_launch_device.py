@@ -7,27 +7,17 @@ ops) under the interpreter, and by the guard's own choices."""
 from __future__ import annotations
 
 import contextlib
-import os
 import types
 
+import pytest
 import torch
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")  # before any Triton kernel is defined
+from test_triton_compile import DEVICE, needs_kernels  # the interpreter's setup and the skip without kernels
 
-import pytest  # noqa: E402
-
-triton = pytest.importorskip("triton")
-
-import kernels  # noqa: E402
-from kernels import film_layernorm, interpreter_defect, is_interpreted, skeletal_attention, temporal_attention  # noqa: E402
+import kernels  # noqa: E402  (after TRITON_INTERPRET is settled)
+from kernels import film_layernorm, skeletal_attention, temporal_attention  # noqa: E402
 from sald_fast import ops  # noqa: E402
 
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-_DEFECT = interpreter_defect() if DEVICE == "cpu" else None
-needs_kernels = pytest.mark.skipif(
-    (DEVICE == "cpu" and not is_interpreted(film_layernorm.film_ln_fwd_kernel)) or _DEFECT is not None,
-    reason=_DEFECT or "kernels were imported before TRITON_INTERPRET=1 was set and there is no GPU")
 pytestmark = pytest.mark.triton
 
 
