@@ -360,30 +360,30 @@ def main(argv: list[str] | None = None) -> int:
         rows.append((stage, rc, summary, seconds))
         write_section(args.results, device, rows, time.perf_counter() - start)
 
-    deadline = time.perf_counter() + args.test_timeout
-    for test in [t for t in GPU_TESTS if (REPO / t).exists()]:
-        stage = f"correctness: `{Path(test).stem.removeprefix('test_')}`"
-        left = deadline - time.perf_counter()
-        if left < MIN_STAGE_SECONDS:
-            record(stage, NOT_RUN, "the tests' time limit (--test-timeout) was spent", 0.0)
-            continue
-        rc, out, secs = _run([sys.executable, "-m", "pytest", test, "-q", "-p", "no:cacheprovider",
-                              "-o", "addopts=", "-rfEs", "--durations=5"], timeout=left, env=env)
-        record(stage, rc, _summary_line(out), secs)
-    rc, out, secs = _run([sys.executable, "-c", "from sald_fast import ops; print(ops.backend_line('cuda', 'auto'))"],
-                         timeout=BACKEND_LINE_SECONDS, env=env)
-    record("backends", rc, _last_line(out), secs)
-    if not args.no_bench:
-        deadline = time.perf_counter() + args.bench_timeout
-        for what, selection, suffix in BENCH_STAGES:
-            stage = f"quick benchmark report: {what} (`-k '{selection}'`)"
+    def run_within(budget: float, spent: str, stages: list[tuple[str, list[str]]], summarize) -> None:
+        """Run each (stage, command) in order with what is left of ``budget`` seconds; a stage with
+        less than :data:`MIN_STAGE_SECONDS` left is recorded as not run, with ``spent`` as its reason."""
+        deadline = time.perf_counter() + budget
+        for stage, cmd in stages:
             left = deadline - time.perf_counter()
             if left < MIN_STAGE_SECONDS:
-                record(stage, NOT_RUN, "the benchmarks' time limit (--bench-timeout) was spent", 0.0)
+                record(stage, NOT_RUN, spent, 0.0)
                 continue
-            cmd = [sys.executable, "-m", "bench.report", "--quick", "-k", selection, "--out", str(args.results)]
-            rc, out, secs = _run(cmd + (["--heading-suffix", suffix] if suffix else []), timeout=left, env=env)
-            record(stage, rc, _last_line(out), secs)
+            rc, out, secs = _run(cmd, timeout=left, env=env)
+            record(stage, rc, summarize(out), secs)
+
+    run_within(args.test_timeout, "the tests' time limit (--test-timeout) was spent",
+               [(f"correctness: `{Path(test).stem.removeprefix('test_')}`",
+                 [sys.executable, "-m", "pytest", test, "-q", "-p", "no:cacheprovider", "-o", "addopts=", "-rfEs",
+                  "--durations=5"]) for test in GPU_TESTS if (REPO / test).exists()], _summary_line)
+    backends = "from sald_fast import ops; print(ops.backend_line('cuda', 'auto'))"
+    run_within(BACKEND_LINE_SECONDS, "not started", [("backends", [sys.executable, "-c", backends])], _last_line)
+    if not args.no_bench:
+        report = [sys.executable, "-m", "bench.report", "--quick", "--out", str(args.results)]
+        run_within(args.bench_timeout, "the benchmarks' time limit (--bench-timeout) was spent",
+                   [(f"quick benchmark report: {what} (`-k '{selection}'`)",
+                     report + ["-k", selection] + (["--heading-suffix", suffix] if suffix else []))
+                    for what, selection, suffix in BENCH_STAGES], _last_line)
     total = time.perf_counter() - start
     failed = [stage for stage, code, _, _ in rows if code != 0]
     print(f"gpu_check: {'FAILED: ' + '; '.join(failed) if failed else 'all passed'} ({total / 60:.1f} min); "

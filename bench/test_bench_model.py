@@ -115,19 +115,22 @@ def _callable(module: nn.Module, impl: str, compile_backend: str, dynamic: bool 
 
 
 class _MarkStep(nn.Module):
-    """A compiled (reduce-overhead) denoiser that starts a new CUDA-graph step at every call."""
+    """A compiled (reduce-overhead) denoiser that starts a new CUDA-graph step at every call; every
+    other attribute is the inner denoiser's (the sampler asks for ``encode_text`` and
+    ``film_parameters`` by name: without them this row would sample without the reused text, the
+    per-run FiLM table and the shared CFG halves that the other rows use)."""
 
     def __init__(self, inner: nn.Module) -> None:
         super().__init__()
         self.inner = inner
 
-    def encode_text(self, *args, **kwargs):
-        return self.inner.encode_text(*args, **kwargs)
-
-    def film_parameters(self, t):
-        # the sampler asks for it by name: without it this row would sample without the per-run FiLM
-        # table and the shared CFG halves that the other rows use
-        return self.inner.film_parameters(t)
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name == "inner":
+                raise
+            return getattr(self.inner, name)
 
     def forward(self, *args, **kwargs):
         torch.compiler.cudagraph_mark_step_begin()
