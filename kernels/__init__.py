@@ -5,7 +5,7 @@
 - :mod:`kernels.skeletal_attention`: attention over joints, many problems per program.
 
 Each file holds ``@triton.jit`` kernels and thin launchers that check devices, dtypes and
-strides, allocate outputs and launch. Autograd and ``torch.library`` registration live in
+strides, allocate outputs and launch with the inputs' device made current (:func:`on_device`). Autograd and ``torch.library`` registration live in
 ``sald_fast.ops.triton_backend``.
 
 ``TRITON_INTERPRET=1`` must be set before Triton kernels are defined (Triton decides at
